@@ -1,0 +1,656 @@
+//! Plugin configuration: raw serde types (camelCase, unknown fields refused) converted once into a
+//! validated [`Config`]. Once a `Config` exists it is valid; every error names the field path, e.g.
+//! `providers[0].clockSkewSeconds: must be at most 600`.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::identity::PeerField;
+use crate::jwt::jwks::{JwksError, KeySet};
+use crate::jwt::Algorithm;
+
+/// A configuration problem, with the path of the field that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub const DEFAULT_REALM: &str = "meshguard";
+pub const DEFAULT_PRINCIPAL_HEADER: &str = "x-meshguard-principal";
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MIN_MAX_TOKEN_BYTES: usize = 256;
+pub const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u64 = 300;
+pub const MIN_JWKS_REFRESH_SECONDS: u64 = 1;
+pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
+pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_JWKS_TIMEOUT_MS: u64 = 60_000;
+pub const MAX_PROVIDERS: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written by the user.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(default)]
+    realm: Option<String>,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    principal_header: Option<String>,
+    #[serde(default)]
+    output_peer_to_headers: Vec<RawPeerHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProvider {
+    #[serde(default)]
+    name: Option<String>,
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    jwks: Option<RawJwks>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    jwks_cluster: Option<String>,
+    #[serde(default)]
+    jwks_timeout_ms: Option<u64>,
+    #[serde(default)]
+    jwks_refresh_seconds: Option<u64>,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    max_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    max_token_bytes: Option<usize>,
+    #[serde(default)]
+    from_headers: Option<Vec<RawFromHeader>>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    output_claim_to_headers: Vec<RawClaimHeader>,
+    #[serde(default)]
+    forward_original_token: bool,
+}
+
+/// Istio gives `jwks` as a string holding the JSON document; a JSON object is accepted too.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawJwks {
+    Text(String),
+    Object(serde_json::Map<String, serde_json::Value>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFromHeader {
+    name: String,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawClaimHeader {
+    header: String,
+    claim: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPeerHeader {
+    header: String,
+    field: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// The whole validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub realm: String,
+    pub providers: Vec<Provider>,
+    pub principal_header: String,
+    pub peer_headers: Vec<PeerHeader>,
+    /// Every header meshguard may set upstream; client-sent copies are removed on every request.
+    pub owned_headers: Vec<String>,
+    /// Every place a credential may be found, over all providers, without repeats.
+    pub token_sources: Vec<TokenSource>,
+    /// Largest `maxTokenBytes` of any provider: a cheap bound applied before any parsing.
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Short name used in metrics and shared-data keys (`[a-z0-9_-]`, at most 32 characters).
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    pub algorithms: Vec<Algorithm>,
+    pub clock_skew_seconds: u64,
+    pub max_lifetime_seconds: Option<u64>,
+    pub max_token_bytes: usize,
+    /// Indexes into [`Config::token_sources`] where this provider's tokens may be found.
+    pub sources: Vec<usize>,
+    pub claim_headers: Vec<ClaimHeader>,
+    pub forward_original_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Keys given in the configuration, parsed once.
+    Inline(KeySet),
+    /// Keys fetched through an Envoy cluster and shared by all workers.
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub uri: String,
+    pub cluster: String,
+    /// `:authority` of the fetch (from the URI).
+    pub authority: String,
+    /// `:path` of the fetch (from the URI, query included).
+    pub path: String,
+    pub timeout_ms: u64,
+    pub refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A request header (lower-case name) whose value starts with `prefix` (compared
+    /// case-insensitively); the rest of the value is the token.
+    Header { name: String, prefix: String },
+    /// A query parameter.
+    Param { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub header: String,
+    /// Claim path, split on dots (`realm_access.roles` → `["realm_access", "roles"]`).
+    pub claim: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHeader {
+    pub header: String,
+    pub field: PeerField,
+}
+
+impl Config {
+    /// Parses and validates a plugin configuration given as JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
+            ConfigError::new(path, strip_position(&e.inner().to_string()))
+        })?;
+        de.end()
+            .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
+        Config::try_from(raw)
+    }
+}
+
+/// serde_json appends " at line L column C"; the field path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
+        if realm.is_empty() || !is_quoted_string_safe(&realm) {
+            return Err(ConfigError::new(
+                "realm",
+                "must be non-empty printable ASCII without '\"' or '\\'",
+            ));
+        }
+        if raw.providers.is_empty() {
+            return Err(ConfigError::new(
+                "providers",
+                "at least one provider is required",
+            ));
+        }
+        if raw.providers.len() > MAX_PROVIDERS {
+            return Err(ConfigError::new(
+                "providers",
+                format!("at most {MAX_PROVIDERS} providers are supported"),
+            ));
+        }
+
+        let mut token_sources: Vec<TokenSource> = Vec::new();
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        let mut names = BTreeSet::new();
+        let mut issuers = BTreeSet::new();
+        for (i, rp) in raw.providers.into_iter().enumerate() {
+            let p = provider(i, rp, &mut token_sources)?;
+            if !names.insert(p.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("providers[{i}].name"),
+                    format!("duplicate provider name \"{}\"", p.name),
+                ));
+            }
+            if !issuers.insert(p.issuer.clone()) {
+                return Err(ConfigError::new(
+                    format!("providers[{i}].issuer"),
+                    "duplicate issuer: each issuer may be configured once",
+                ));
+            }
+            providers.push(p);
+        }
+
+        let principal_header = raw
+            .principal_header
+            .unwrap_or_else(|| DEFAULT_PRINCIPAL_HEADER.to_string());
+        let principal_header = header_name("principalHeader", &principal_header)?;
+
+        let mut peer_headers = Vec::new();
+        for (i, ph) in raw.output_peer_to_headers.into_iter().enumerate() {
+            let header = header_name(&format!("outputPeerToHeaders[{i}].header"), &ph.header)?;
+            let field = PeerField::parse(&ph.field).ok_or_else(|| {
+                ConfigError::new(
+                    format!("outputPeerToHeaders[{i}].field"),
+                    format!(
+                        "unknown peer field \"{}\", expected one of: {}",
+                        ph.field,
+                        PeerField::NAMES.join(", ")
+                    ),
+                )
+            })?;
+            peer_headers.push(PeerHeader { header, field });
+        }
+
+        // Every header we set, with the field that names it, to refuse the same header twice.
+        let mut owned: Vec<(String, String)> =
+            vec![("principalHeader".to_string(), principal_header.clone())];
+        for (i, h) in peer_headers.iter().enumerate() {
+            owned.push((format!("outputPeerToHeaders[{i}].header"), h.header.clone()));
+        }
+        for (i, p) in providers.iter().enumerate() {
+            for (j, h) in p.claim_headers.iter().enumerate() {
+                // The same header from two providers is fine: one token, one provider.
+                let dup_in_provider = p.claim_headers[..j].iter().any(|c| c.header == h.header);
+                let path = format!("providers[{i}].outputClaimToHeaders[{j}].header");
+                if dup_in_provider {
+                    return Err(ConfigError::new(path, "header set twice by this provider"));
+                }
+                owned.push((path, h.header.clone()));
+            }
+        }
+        for (k, (path, h)) in owned.iter().enumerate() {
+            let clash = owned[..k].iter().any(|(p, o)| {
+                o == h && !(p.starts_with("providers[") && path.starts_with("providers["))
+            });
+            if clash {
+                return Err(ConfigError::new(
+                    path.clone(),
+                    format!("header \"{h}\" is already set by another output"),
+                ));
+            }
+            let is_source = token_sources
+                .iter()
+                .any(|s| matches!(s, TokenSource::Header { name, .. } if name == h));
+            if is_source {
+                return Err(ConfigError::new(
+                    path.clone(),
+                    format!("header \"{h}\" is also a token source"),
+                ));
+            }
+        }
+        let mut owned_headers: Vec<String> = Vec::new();
+        for (_, h) in owned {
+            if !owned_headers.contains(&h) {
+                owned_headers.push(h);
+            }
+        }
+
+        let max_token_bytes = providers
+            .iter()
+            .map(|p| p.max_token_bytes)
+            .max()
+            .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        Ok(Config {
+            realm,
+            providers,
+            principal_header,
+            peer_headers,
+            owned_headers,
+            token_sources,
+            max_token_bytes,
+        })
+    }
+}
+
+fn provider(
+    i: usize,
+    rp: RawProvider,
+    token_sources: &mut Vec<TokenSource>,
+) -> Result<Provider, ConfigError> {
+    let at = |field: &str| format!("providers[{i}].{field}");
+
+    let name = rp.name.unwrap_or_else(|| format!("p{i}"));
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(ConfigError::new(
+            at("name"),
+            "must be 1-32 characters of [a-z0-9_-]",
+        ));
+    }
+    if rp.issuer.is_empty() {
+        return Err(ConfigError::new(at("issuer"), "must not be empty"));
+    }
+    for (j, a) in rp.audiences.iter().enumerate() {
+        if a.is_empty() {
+            return Err(ConfigError::new(
+                at(&format!("audiences[{j}]")),
+                "must not be empty",
+            ));
+        }
+    }
+
+    let algorithms = match rp.algorithms {
+        None => Algorithm::ALL.to_vec(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    at("algorithms"),
+                    "must list at least one algorithm",
+                ));
+            }
+            let mut algs = Vec::new();
+            for (j, a) in list.iter().enumerate() {
+                let alg = Algorithm::parse(a).ok_or_else(|| {
+                    ConfigError::new(
+                        at(&format!("algorithms[{j}]")),
+                        format!(
+                            "unsupported algorithm \"{a}\", expected one of: {}",
+                            Algorithm::ALL
+                                .iter()
+                                .map(|a| a.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                if !algs.contains(&alg) {
+                    algs.push(alg);
+                }
+            }
+            algs
+        }
+    };
+
+    let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+        return Err(ConfigError::new(
+            at("clockSkewSeconds"),
+            format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
+        ));
+    }
+    if let Some(l) = rp.max_lifetime_seconds {
+        if l == 0 || l > 31_536_000 {
+            return Err(ConfigError::new(
+                at("maxLifetimeSeconds"),
+                "must be between 1 and 31536000 (one year)",
+            ));
+        }
+    }
+    let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !(MIN_MAX_TOKEN_BYTES..=MAX_MAX_TOKEN_BYTES).contains(&max_token_bytes) {
+        return Err(ConfigError::new(
+            at("maxTokenBytes"),
+            format!("must be between {MIN_MAX_TOKEN_BYTES} and {MAX_MAX_TOKEN_BYTES}"),
+        ));
+    }
+
+    let remote_only = |field: &str, present: bool| -> Result<(), ConfigError> {
+        if present && rp.jwks_uri.is_none() {
+            return Err(ConfigError::new(
+                at(field),
+                "only allowed together with jwksUri",
+            ));
+        }
+        Ok(())
+    };
+    remote_only("jwksCluster", rp.jwks_cluster.is_some())?;
+    remote_only("jwksTimeoutMs", rp.jwks_timeout_ms.is_some())?;
+    remote_only("jwksRefreshSeconds", rp.jwks_refresh_seconds.is_some())?;
+
+    let keys = match (rp.jwks, rp.jwks_uri) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                at("jwks"),
+                "set either jwks or jwksUri, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                at("jwksUri"),
+                "one of jwks or jwksUri is required",
+            ));
+        }
+        (Some(jwks), None) => {
+            let text = match jwks {
+                RawJwks::Text(t) => t,
+                RawJwks::Object(o) => serde_json::Value::Object(o).to_string(),
+            };
+            let set = KeySet::from_jwks(text.as_bytes(), &algorithms).map_err(|e| match e {
+                JwksError::Document(m) => ConfigError::new(at("jwks"), m),
+            })?;
+            if set.is_empty() {
+                return Err(ConfigError::new(
+                    at("jwks"),
+                    format!("no usable key ({})", set.skipped_summary()),
+                ));
+            }
+            KeySource::Inline(set)
+        }
+        (None, Some(uri)) => {
+            let cluster = rp.jwks_cluster.ok_or_else(|| {
+                ConfigError::new(
+                    at("jwksCluster"),
+                    "required with jwksUri: the Envoy cluster that reaches the JWKS host",
+                )
+            })?;
+            if cluster.is_empty() {
+                return Err(ConfigError::new(at("jwksCluster"), "must not be empty"));
+            }
+            let (authority, path) = split_uri(&uri).ok_or_else(|| {
+                ConfigError::new(at("jwksUri"), "must be an absolute http(s) URI")
+            })?;
+            let timeout_ms = rp.jwks_timeout_ms.unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
+            if timeout_ms == 0 || timeout_ms > MAX_JWKS_TIMEOUT_MS {
+                return Err(ConfigError::new(
+                    at("jwksTimeoutMs"),
+                    format!("must be between 1 and {MAX_JWKS_TIMEOUT_MS}"),
+                ));
+            }
+            let refresh_seconds = rp
+                .jwks_refresh_seconds
+                .unwrap_or(DEFAULT_JWKS_REFRESH_SECONDS);
+            if !(MIN_JWKS_REFRESH_SECONDS..=MAX_JWKS_REFRESH_SECONDS).contains(&refresh_seconds) {
+                return Err(ConfigError::new(
+                    at("jwksRefreshSeconds"),
+                    format!(
+                        "must be between {MIN_JWKS_REFRESH_SECONDS} and {MAX_JWKS_REFRESH_SECONDS}"
+                    ),
+                ));
+            }
+            KeySource::Remote(RemoteJwks {
+                uri,
+                cluster,
+                authority,
+                path,
+                timeout_ms,
+                refresh_seconds,
+            })
+        }
+    };
+
+    let raw_headers = rp.from_headers.unwrap_or_else(|| {
+        vec![RawFromHeader {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }]
+    });
+    let mut sources = Vec::new();
+    for (j, h) in raw_headers.into_iter().enumerate() {
+        let name = header_name(&at(&format!("fromHeaders[{j}].name")), &h.name)?;
+        let prefix = h.prefix.unwrap_or_default();
+        if !prefix.is_ascii() {
+            return Err(ConfigError::new(
+                at(&format!("fromHeaders[{j}].prefix")),
+                "must be ASCII",
+            ));
+        }
+        sources.push(intern(token_sources, TokenSource::Header { name, prefix }));
+    }
+    for (j, p) in rp.from_params.into_iter().enumerate() {
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'&' && b != b'=')
+        {
+            return Err(ConfigError::new(
+                at(&format!("fromParams[{j}]")),
+                "must be a non-empty query parameter name",
+            ));
+        }
+        sources.push(intern(token_sources, TokenSource::Param { name: p }));
+    }
+    if sources.is_empty() {
+        return Err(ConfigError::new(
+            at("fromHeaders"),
+            "no token source: list a header or param",
+        ));
+    }
+
+    let mut claim_headers = Vec::new();
+    for (j, c) in rp.output_claim_to_headers.into_iter().enumerate() {
+        let header = header_name(&at(&format!("outputClaimToHeaders[{j}].header")), &c.header)?;
+        if c.claim.is_empty() || c.claim.split('.').any(str::is_empty) {
+            return Err(ConfigError::new(
+                at(&format!("outputClaimToHeaders[{j}].claim")),
+                "must be a claim name or dotted path such as realm_access.roles",
+            ));
+        }
+        claim_headers.push(ClaimHeader {
+            header,
+            claim: c.claim.split('.').map(str::to_string).collect(),
+        });
+    }
+
+    Ok(Provider {
+        name,
+        issuer: rp.issuer,
+        audiences: rp.audiences,
+        keys,
+        algorithms,
+        clock_skew_seconds,
+        max_lifetime_seconds: rp.max_lifetime_seconds,
+        max_token_bytes,
+        sources,
+        claim_headers,
+        forward_original_token: rp.forward_original_token,
+    })
+}
+
+fn intern(list: &mut Vec<TokenSource>, src: TokenSource) -> usize {
+    if let Some(i) = list.iter().position(|s| *s == src) {
+        return i;
+    }
+    list.push(src);
+    list.len() - 1
+}
+
+/// Header names are lower-cased tokens (RFC 9110); pseudo-headers and hop-by-hop names are refused.
+fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if lower.is_empty() || !lower.bytes().all(token_char) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is not a valid header name"),
+        ));
+    }
+    const RESERVED: [&str; 7] = [
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "keep-alive",
+    ];
+    if RESERVED.contains(&lower.as_str()) {
+        return Err(ConfigError::new(
+            path,
+            format!("header \"{name}\" cannot be used"),
+        ));
+    }
+    Ok(lower)
+}
+
+fn is_quoted_string_safe(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// `https://host:port/path?q` → (`host:port`, `/path?q`).
+fn split_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic() && b != b'@') {
+        return None;
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    Some((authority.to_string(), path.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! HTTP context: gather the request's inputs, call the core once, apply the decision.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+
+use crate::decision::{Decision, Reason};
+use crate::identity::Peer;
+use crate::jwt::TokenError;
+use crate::request::RequestView;
+
+use super::root::Worker;
+use super::{log, now_ms};
+
+pub struct Filter {
+    worker: Rc<Worker>,
+}
+
+impl Filter {
+    pub fn new(worker: Rc<Worker>) -> Filter {
+        Filter { worker }
+    }
+
+    fn property_string(&self, path: Vec<&str>) -> Option<String> {
+        self.get_property(path)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn property_bool(&self, path: Vec<&str>) -> bool {
+        self.get_property(path)
+            .is_some_and(|b| b.first() == Some(&1))
+    }
+
+    fn peer(&self) -> Peer {
+        let mtls = self.property_bool(vec!["connection", "mtls"]);
+        Peer {
+            mtls,
+            certificate_valid: mtls
+                && self.property_bool(vec!["connection", "peer_certificate_valid"]),
+            uri_san: if mtls {
+                self.property_string(vec!["connection", "uri_san_peer_certificate"])
+            } else {
+                None
+            },
+            certificate_sha256: if mtls {
+                self.property_string(vec!["connection", "sha256_peer_certificate_digest"])
+            } else {
+                None
+            },
+            source_address: self.property_string(vec!["source", "address"]),
+        }
+    }
+
+    fn decide(&self, req: &RequestView<'_>, now: u64) -> Decision {
+        let keys = self.worker.keys.borrow();
+        self.worker.engine.decide(req, &*keys, now)
+    }
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = self.get_http_request_headers_bytes();
+        let path = headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or("/")
+            .to_string();
+        let peer = self.peer();
+        let now = now_ms(self.get_current_time());
+        let req = RequestView {
+            path: &path,
+            headers: &headers,
+            peer: &peer,
+        };
+
+        let mut decision = self.decide(&req, now);
+        // Keys another worker fetched may not be loaded here yet: catch up once and retry.
+        if let Decision::Deny(reply) = &decision {
+            if matches!(
+                reply.reason,
+                Reason::InvalidToken(TokenError::KeysUnavailable | TokenError::UnknownKey)
+            ) && self
+                .worker
+                .keys
+                .borrow_mut()
+                .sync(&self.worker.engine.config)
+            {
+                decision = self.decide(&req, now);
+            }
+        }
+
+        match decision {
+            Decision::Allow(fwd) => {
+                for name in &fwd.remove_headers {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &fwd.set_headers {
+                    self.set_http_request_header(name, Some(value));
+                }
+                Action::Continue
+            }
+            Decision::Deny(reply) => {
+                log(
+                    LogLevel::Debug,
+                    &format!("meshguard: deny {} {}", reply.status, reply.reason.code()),
+                );
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_str()))
+                    .collect();
+                self.send_http_response(
+                    u32::from(reply.status),
+                    headers,
+                    Some(reply.body.as_bytes()),
+                );
+                Action::Pause
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The only code that names `proxy_wasm`: it reads inputs from Envoy, calls the pure core once
+//! per event, and applies the result.
+//!
+//! - [`root`]: one root context per worker VM: configuration, the JWKS timer and fetches.
+//! - [`filter`]: one HTTP context per request: read → `Engine::decide` → apply.
+//! - [`keys`]: the worker's key sets, kept in step with the JWKS in Envoy shared data.
+
+mod filter;
+mod keys;
+mod root;
+
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("meshguard: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+}}
+
+/// Milliseconds since the Unix epoch from the host's clock.
+fn now_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = proxy_wasm::hostcalls::log(level, message);
+}

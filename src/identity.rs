@@ -1,0 +1,183 @@
+//! Who is calling at the transport level: the mTLS peer and its SPIFFE identity.
+
+/// The downstream connection's peer, as the host reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// A client certificate was presented.
+    pub mtls: bool,
+    /// It was presented and validated by Envoy.
+    pub certificate_valid: bool,
+    /// First URI SAN of the peer certificate.
+    pub uri_san: Option<String>,
+    /// Lower-case hex SHA-256 of the peer certificate (DER).
+    pub certificate_sha256: Option<String>,
+    /// `ip:port` of the downstream connection.
+    pub source_address: Option<String>,
+}
+
+impl Peer {
+    /// The verified SPIFFE identity: only from a certificate Envoy validated.
+    pub fn spiffe(&self) -> Option<SpiffeId> {
+        if !(self.mtls && self.certificate_valid) {
+            return None;
+        }
+        SpiffeId::parse(self.uri_san.as_deref()?)
+    }
+
+    /// The value of one peer field, for upstream headers. `None` when the peer has no
+    /// verified identity or the field does not apply.
+    pub fn field(&self, field: PeerField) -> Option<String> {
+        if field == PeerField::CertificateSha256 {
+            if !(self.mtls && self.certificate_valid) {
+                return None;
+            }
+            return self.certificate_sha256.clone();
+        }
+        let id = self.spiffe()?;
+        match field {
+            PeerField::SpiffeId => Some(id.uri),
+            PeerField::TrustDomain => Some(id.trust_domain),
+            PeerField::Namespace => id.namespace,
+            PeerField::ServiceAccount => id.service_account,
+            PeerField::CertificateSha256 => None,
+        }
+    }
+}
+
+/// A SPIFFE ID (`spiffe://<trust-domain>/<path>`); Istio's path is `ns/<ns>/sa/<sa>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeId {
+    pub uri: String,
+    pub trust_domain: String,
+    pub path: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+}
+
+impl SpiffeId {
+    /// Parses per the SPIFFE ID spec: lower-case trust domain of `[a-z0-9.-_]`, path segments of
+    /// `[A-Za-z0-9.-_]`, no empty, `.` or `..` segments, no query or fragment.
+    pub fn parse(uri: &str) -> Option<SpiffeId> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let (td, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let td_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b);
+        if td.is_empty() || td.len() > 255 || !td.bytes().all(td_ok) {
+            return None;
+        }
+        let seg_ok = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+        let segments: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        for s in &segments {
+            if s.is_empty() || *s == "." || *s == ".." || !s.bytes().all(seg_ok) {
+                return None;
+            }
+        }
+        let (namespace, service_account) = match segments.as_slice() {
+            ["ns", ns, "sa", sa] => (Some(ns.to_string()), Some(sa.to_string())),
+            _ => (None, None),
+        };
+        Some(SpiffeId {
+            uri: uri.to_string(),
+            trust_domain: td.to_string(),
+            path: path.to_string(),
+            namespace,
+            service_account,
+        })
+    }
+}
+
+/// Peer facts that can be copied to upstream headers (`outputPeerToHeaders[].field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerField {
+    SpiffeId,
+    TrustDomain,
+    Namespace,
+    ServiceAccount,
+    CertificateSha256,
+}
+
+impl PeerField {
+    pub const NAMES: [&'static str; 5] = [
+        "spiffeId",
+        "trustDomain",
+        "namespace",
+        "serviceAccount",
+        "certificateSha256",
+    ];
+
+    pub fn parse(name: &str) -> Option<PeerField> {
+        Some(match name {
+            "spiffeId" => PeerField::SpiffeId,
+            "trustDomain" => PeerField::TrustDomain,
+            "namespace" => PeerField::Namespace,
+            "serviceAccount" => PeerField::ServiceAccount,
+            "certificateSha256" => PeerField::CertificateSha256,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(uri: &str) -> Peer {
+        Peer {
+            mtls: true,
+            certificate_valid: true,
+            uri_san: Some(uri.into()),
+            certificate_sha256: Some("ab".repeat(32)),
+            source_address: Some("127.0.0.1:5000".into()),
+        }
+    }
+
+    #[test]
+    fn istio_spiffe_id_gives_namespace_and_service_account() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/payments/sa/api").unwrap();
+        assert_eq!(id.trust_domain, "cluster.local");
+        assert_eq!(id.namespace.as_deref(), Some("payments"));
+        assert_eq!(id.service_account.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn other_spiffe_paths_have_no_namespace() {
+        let id = SpiffeId::parse("spiffe://example.org/workload/x").unwrap();
+        assert_eq!(id.path, "workload/x");
+        assert_eq!(id.namespace, None);
+    }
+
+    #[test]
+    fn invalid_spiffe_ids_are_refused() {
+        for bad in [
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe://",
+            "spiffe://UPPER.case/ns/a/sa/b",
+            "spiffe://td/ns//sa/b",
+            "spiffe://td/ns/../sa/b",
+            "spiffe://td/ns/a/sa/b?x=1",
+            "spiffe://td/ns/a/sa/b\r\nx-evil: 1",
+        ] {
+            assert_eq!(SpiffeId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_only_from_a_validated_certificate() {
+        let mut peer = verified("spiffe://cluster.local/ns/web/sa/frontend");
+        assert_eq!(
+            peer.field(PeerField::ServiceAccount).as_deref(),
+            Some("frontend")
+        );
+        peer.certificate_valid = false;
+        assert_eq!(peer.field(PeerField::SpiffeId), None);
+        assert_eq!(peer.field(PeerField::CertificateSha256), None);
+        let plain = Peer::default();
+        assert_eq!(plain.spiffe(), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! JSON Web Tokens: where a credential is found ([`extract`]), how a compact JWS is parsed
+//! ([`jws`]), how a JWKS becomes verification keys ([`jwks`]) and how a token is verified
+//! against a provider with an explicit `now` ([`verify`]).
+
+pub mod extract;
+pub mod jwks;
+pub mod jws;
+pub mod verify;
+
+/// Signature algorithms meshguard verifies. Symmetric (`HS*`) and `none` are never accepted:
+/// the keys come from a public JWKS, and the key's type decides the algorithm family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// The key type an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn family(self) -> KeyFamily {
+        match self {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => KeyFamily::Rsa,
+            Algorithm::ES256 => KeyFamily::P256,
+            Algorithm::ES384 => KeyFamily::P384,
+            Algorithm::EdDSA => KeyFamily::Ed25519,
+        }
+    }
+}
+
+/// Why a token was refused. Each variant has one fixed client-facing description
+/// ([`TokenError::description`]) and one metric/log code ([`TokenError::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    TooLarge,
+    UnsupportedAlgorithm,
+    AlgorithmNotAllowed,
+    UnknownIssuer,
+    KeysUnavailable,
+    UnknownKey,
+    AmbiguousKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    MissingExpiration,
+    LifetimeTooLong,
+    Audience,
+}
+
+impl TokenError {
+    /// The fixed `error_description` sent to clients.
+    pub fn description(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed token",
+            TokenError::TooLarge => "token too large",
+            TokenError::UnsupportedAlgorithm => "unsupported algorithm",
+            TokenError::AlgorithmNotAllowed => "algorithm not allowed",
+            TokenError::UnknownIssuer => "unknown issuer",
+            TokenError::KeysUnavailable => "signing keys unavailable",
+            TokenError::UnknownKey => "unknown signing key",
+            TokenError::AmbiguousKey => "key id required",
+            TokenError::BadSignature => "invalid signature",
+            TokenError::Expired => "token expired",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::IssuedInFuture => "token issued in the future",
+            TokenError::MissingExpiration => "token has no expiration",
+            TokenError::LifetimeTooLong => "token lifetime too long",
+            TokenError::Audience => "audience not allowed",
+        }
+    }
+
+    /// Stable snake_case code for logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::TooLarge => "too_large",
+            TokenError::UnsupportedAlgorithm => "unsupported_alg",
+            TokenError::AlgorithmNotAllowed => "alg_not_allowed",
+            TokenError::UnknownIssuer => "issuer",
+            TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::UnknownKey => "unknown_kid",
+            TokenError::AmbiguousKey => "ambiguous_kid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::MissingExpiration => "missing_exp",
+            TokenError::LifetimeTooLong => "lifetime",
+            TokenError::Audience => "audience",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+impl std::error::Error for TokenError {}

@@ -1,0 +1,29 @@
+//! meshguard: a proxy-wasm HTTP filter for Envoy and Istio sidecars that authenticates the
+//! caller (mTLS peer identity and a JWT validated against JWKS shared by all workers) in one
+//! pass, answering per RFC 6750.
+//!
+//! The rule of this crate: **the core is pure, `host/` is glue.** Every module except `host`
+//! is plain Rust that never names `proxy_wasm` and never reads a clock (`now` is an argument),
+//! so it is unit-tested on the host and inside a wasm engine. `host/` (compiled for wasm32
+//! only) reads the request, calls [`engine::Engine::decide`] once, and applies the decision.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | JSON plugin configuration → validated [`config::Config`], errors naming the field |
+//! | [`request`] | [`request::RequestView`]: the plain data of one request |
+//! | [`identity`] | the mTLS peer and its SPIFFE ID |
+//! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification |
+//! | [`decision`] | the one table reason → status, challenge, body, code |
+//! | [`engine`] | the pipeline: one call per request |
+//! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches |
+
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod identity;
+pub mod jwks_sync;
+pub mod jwt;
+pub mod request;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

@@ -1,0 +1,94 @@
+//! The plain data the core needs about one request. The host fills it once per request.
+
+use crate::identity::Peer;
+
+/// One request as the core sees it.
+#[derive(Debug, Clone)]
+pub struct RequestView<'a> {
+    /// `:path` as received (path and query).
+    pub path: &'a str,
+    /// Every header line, names lower-case (Envoy's header map keeps them so), values as bytes.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// The TLS peer and the source address.
+    pub peer: &'a Peer,
+}
+
+impl<'a> RequestView<'a> {
+    /// The header lines named `name` (lower-case), with their position in the map.
+    pub fn header_lines(&self, name: &'a str) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+        self.headers
+            .iter()
+            .enumerate()
+            .filter(move |(_, (n, _))| n == name)
+            .map(|(i, (_, v))| (i, v.as_slice()))
+    }
+
+    /// The query string, without the fragment.
+    pub fn query(&self) -> &'a str {
+        let no_fragment = self.path.split('#').next().unwrap_or_default();
+        no_fragment.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// The percent-decoded values of query parameter `name`.
+    pub fn query_params(&self, name: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
+        self.query().split('&').filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k.as_bytes()) == name.as_bytes()).then(|| percent_decode(v.as_bytes()))
+        })
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as space, as forms do); bad escapes are kept as they are.
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded_and_fragment_ignored() {
+        let peer = Peer::default();
+        let req = RequestView {
+            path: "/a?x=1&access_token=ab%2Ec&y#access_token=zz",
+            headers: &[],
+            peer: &peer,
+        };
+        let got: Vec<_> = req.query_params("access_token").collect();
+        assert_eq!(got, vec![b"ab.c".to_vec()]);
+        assert_eq!(
+            req.query_params("y").collect::<Vec<_>>(),
+            vec![Vec::<u8>::new()]
+        );
+        assert_eq!(req.query_params("nope").count(), 0);
+    }
+
+    #[test]
+    fn percent_decode_keeps_bad_escapes() {
+        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4".to_vec());
+        assert_eq!(percent_decode(b"a%20b+c"), b"a b c".to_vec());
+    }
+}
