@@ -204,18 +204,14 @@ pub struct PeerHeader {
 impl Config {
     /// Parses and validates a plugin configuration given as JSON bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                "config".to_string()
-            } else {
-                path
-            };
-            ConfigError::new(path, strip_position(&e.inner().to_string()))
-        })?;
-        de.end()
+        let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
+        if !value.is_object() {
+            return Err(ConfigError::new("config", "must be a JSON object"));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            ConfigError::new(e.path().to_string(), strip_position(&e.inner().to_string()))
+        })?;
         Config::try_from(raw)
     }
 }
