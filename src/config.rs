@@ -202,10 +202,29 @@ pub struct PeerHeader {
 }
 
 impl Config {
+    /// Parses the plugin configuration exactly as Envoy hands it over: JSON text (from a
+    /// `google.protobuf.StringValue`, which is also what Istio sends for a WasmPlugin's
+    /// `pluginConfig`) or a serialized `google.protobuf.Struct` (Envoy passes any other `Any`
+    /// as its protobuf bytes).
+    pub fn from_plugin_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_none_or(|b| *b == b'{' || *b == b'[' || *b == b'"') {
+            return Config::from_json(bytes);
+        }
+        let value = protobuf_struct_to_json(bytes).ok_or_else(|| {
+            ConfigError::new("config", "neither JSON nor a google.protobuf.Struct")
+        })?;
+        Config::from_value(value)
+    }
+
     /// Parses and validates a plugin configuration given as JSON bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
+        Config::from_value(value)
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
         if !value.is_object() {
             return Err(ConfigError::new("config", "must be a JSON object"));
         }
@@ -214,6 +233,38 @@ impl Config {
         })?;
         Config::try_from(raw)
     }
+}
+
+/// Decodes a serialized `google.protobuf.Struct` into the JSON value it stands for. Integral
+/// numbers become JSON integers (a Struct only has doubles) so that counts and sizes parse.
+fn protobuf_struct_to_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    use prost::Message;
+    use prost_types::value::Kind;
+
+    fn value(v: prost_types::Value) -> serde_json::Value {
+        match v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => b.into(),
+            Some(Kind::StringValue(s)) => s.into(),
+            Some(Kind::NumberValue(n)) => {
+                if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    (n as i64).into()
+                } else {
+                    serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, Into::into)
+                }
+            }
+            Some(Kind::StructValue(s)) => object(s),
+            Some(Kind::ListValue(l)) => l.values.into_iter().map(value).collect(),
+        }
+    }
+    fn object(s: prost_types::Struct) -> serde_json::Value {
+        s.fields
+            .into_iter()
+            .map(|(k, v)| (k, value(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+    prost_types::Struct::decode(bytes).ok().map(object)
 }
 
 /// serde_json appends " at line L column C"; the field path already says where.
@@ -299,7 +350,7 @@ impl TryFrom<RawConfig> for Config {
         for (i, p) in providers.iter().enumerate() {
             for (j, h) in p.claim_headers.iter().enumerate() {
                 // The same header from two providers is fine: one token, one provider.
-                let dup_in_provider = p.claim_headers[..j].iter().any(|c| c.header == h.header);
+                let dup_in_provider = p.claim_headers.iter().take(j).any(|c| c.header == h.header);
                 let path = format!("providers[{i}].outputClaimToHeaders[{j}].header");
                 if dup_in_provider {
                     return Err(ConfigError::new(path, "header set twice by this provider"));
@@ -308,7 +359,7 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         for (k, (path, h)) in owned.iter().enumerate() {
-            let clash = owned[..k].iter().any(|(p, o)| {
+            let clash = owned.iter().take(k).any(|(p, o)| {
                 o == h && !(p.starts_with("providers[") && path.starts_with("providers["))
             });
             if clash {

@@ -10,6 +10,7 @@ use crate::decision::{Decision, Forward, LocalReply, Reason};
 use crate::jwt::extract::extract;
 use crate::jwt::jws::Claims;
 use crate::jwt::verify::{verify, KeyLookup, VerifiedToken};
+use crate::jwt::TokenError;
 use crate::request::RequestView;
 
 /// Validated configuration plus the pipeline over it. Built once per configuration.
@@ -28,11 +29,15 @@ impl Engine {
         let cfg = &self.config;
         let deny = |reason| Decision::Deny(LocalReply::new(reason, &cfg.realm));
 
-        let credential = match extract(req, &cfg.token_sources, cfg.max_token_bytes) {
+        let credential = match extract(req, &cfg.token_sources) {
             Ok(Some(c)) => c,
             Ok(None) => return deny(Reason::MissingToken),
             Err(e) => return deny(Reason::InvalidRequest(e)),
         };
+        // A cheap bound before any decoding; each provider applies its own after.
+        if credential.token.len() > cfg.max_token_bytes {
+            return deny(Reason::InvalidToken(TokenError::TooLarge));
+        }
         let verified = match verify(
             &credential.token,
             &credential.sources,

@@ -3,10 +3,9 @@
 /// The downstream connection's peer, as the host reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// A client certificate was presented.
+    /// A client certificate was presented (and, on a listener with a validation context,
+    /// validated during the handshake).
     pub mtls: bool,
-    /// It was presented and validated by Envoy.
-    pub certificate_valid: bool,
     /// First URI SAN of the peer certificate.
     pub uri_san: Option<String>,
     /// Lower-case hex SHA-256 of the peer certificate (DER).
@@ -16,9 +15,14 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The verified SPIFFE identity: only from a certificate Envoy validated.
+    /// The SPIFFE identity of the client certificate.
+    ///
+    /// meshguard relies on the listener's TLS validation (Istio's and every shipped example's
+    /// listeners validate against the mesh CA, so a presented certificate is a validated one).
+    /// Envoy's `connection.peer_certificate_valid` is not used: Envoy 1.40 reports it false on
+    /// resumed TLS sessions, which would drop the identity of every resumed connection.
     pub fn spiffe(&self) -> Option<SpiffeId> {
-        if !(self.mtls && self.certificate_valid) {
+        if !self.mtls {
             return None;
         }
         SpiffeId::parse(self.uri_san.as_deref()?)
@@ -28,10 +32,7 @@ impl Peer {
     /// verified identity or the field does not apply.
     pub fn field(&self, field: PeerField) -> Option<String> {
         if field == PeerField::CertificateSha256 {
-            if !(self.mtls && self.certificate_valid) {
-                return None;
-            }
-            return self.certificate_sha256.clone();
+            return self.certificate_sha256.clone().filter(|_| self.mtls);
         }
         let id = self.spiffe()?;
         match field {
@@ -130,7 +131,6 @@ mod tests {
     fn verified(uri: &str) -> Peer {
         Peer {
             mtls: true,
-            certificate_valid: true,
             uri_san: Some(uri.into()),
             certificate_sha256: Some("ab".repeat(32)),
             source_address: Some("127.0.0.1:5000".into()),
@@ -168,13 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn identity_only_from_a_validated_certificate() {
+    fn identity_only_with_a_client_certificate() {
         let mut peer = verified("spiffe://cluster.local/ns/web/sa/frontend");
         assert_eq!(
             peer.field(PeerField::ServiceAccount).as_deref(),
             Some("frontend")
         );
-        peer.certificate_valid = false;
+        peer.mtls = false;
         assert_eq!(peer.field(PeerField::SpiffeId), None);
         assert_eq!(peer.field(PeerField::CertificateSha256), None);
         let plain = Peer::default();

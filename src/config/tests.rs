@@ -243,3 +243,47 @@ fn not_json_or_trailing_garbage_is_refused() {
         .to_string()
         .starts_with("config: trailing characters"));
 }
+
+#[test]
+fn a_serialized_protobuf_struct_is_read_like_json() {
+    use prost::Message;
+    use prost_types::value::Kind;
+    let s = |v: &str| prost_types::Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let provider = prost_types::Struct {
+        fields: [
+            ("issuer".to_string(), s("https://idp")),
+            ("jwks".to_string(), s(&jwks().to_string())),
+            (
+                "clockSkewSeconds".to_string(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(30.0)),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let root = prost_types::Struct {
+        fields: [(
+            "providers".to_string(),
+            prost_types::Value {
+                kind: Some(Kind::ListValue(prost_types::ListValue {
+                    values: vec![prost_types::Value {
+                        kind: Some(Kind::StructValue(provider)),
+                    }],
+                })),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let c = Config::from_plugin_bytes(&root.encode_to_vec()).unwrap();
+    assert_eq!(c.providers[0].clock_skew_seconds, 30);
+    assert_eq!(
+        Config::from_plugin_bytes(b"\x0a\xff").unwrap_err().path,
+        "config"
+    );
+    assert!(Config::from_plugin_bytes(with_provider(json!({})).to_string().as_bytes()).is_ok());
+}

@@ -46,7 +46,6 @@ fn engine(
 fn peer() -> Peer {
     Peer {
         mtls: true,
-        certificate_valid: true,
         uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
         certificate_sha256: Some("0f".repeat(32)),
         source_address: Some("10.0.0.1:4000".into()),
@@ -136,7 +135,7 @@ fn forward_original_token_keeps_authorization() {
 }
 
 #[test]
-fn peer_headers_are_absent_without_a_validated_certificate() {
+fn peer_headers_are_absent_without_a_client_certificate() {
     let keys = TestKeys::new();
     let e = engine(
         &keys,
@@ -145,7 +144,7 @@ fn peer_headers_are_absent_without_a_validated_certificate() {
     );
     let auth = format!("Bearer {}", keys.eddsa(claims(json!({}))));
     let mut unvalidated = peer();
-    unvalidated.certificate_valid = false;
+    unvalidated.mtls = false;
     let Decision::Allow(fwd) = decide(&e, &[("authorization", &auth)], &unvalidated) else {
         panic!()
     };
@@ -229,4 +228,16 @@ fn several_providers_each_verify_their_own_issuer() {
     let cross = format!("Bearer {}", b.eddsa(claims(json!({"iss": "https://corp"}))));
     let r = denied(decide(&e, &[("authorization", &cross)], &Peer::default()));
     assert_eq!(r.reason, Reason::InvalidToken(TokenError::BadSignature));
+}
+
+#[test]
+fn oversized_credentials_are_refused_before_decoding() {
+    let keys = TestKeys::new();
+    let e = engine(&keys, json!({}), json!({}));
+    let huge = format!("Bearer {}", "a".repeat(8193));
+    let r = denied(decide(&e, &[("authorization", &huge)], &Peer::default()));
+    assert_eq!(
+        (r.status, r.reason),
+        (401, Reason::InvalidToken(TokenError::TooLarge))
+    );
 }

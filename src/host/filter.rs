@@ -37,8 +37,6 @@ impl Filter {
         let mtls = self.property_bool(vec!["connection", "mtls"]);
         Peer {
             mtls,
-            certificate_valid: mtls
-                && self.property_bool(vec!["connection", "peer_certificate_valid"]),
             uri_san: if mtls {
                 self.property_string(vec!["connection", "uri_san_peer_certificate"])
             } else {
@@ -96,6 +94,7 @@ impl HttpContext for Filter {
 
         match decision {
             Decision::Allow(fwd) => {
+                log(LogLevel::Debug, "meshguard: allow");
                 for name in &fwd.remove_headers {
                     self.set_http_request_header(name, None);
                 }

@@ -137,7 +137,7 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::from_json(&bytes) {
+        let config = match Config::from_plugin_bytes(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log(

@@ -19,8 +19,6 @@ pub enum RequestError {
     MultipleCredentials,
     /// The scheme is present but carries no token (`Authorization: Bearer`).
     EmptyCredentials,
-    /// A token longer than any provider accepts; refused before parsing.
-    TokenTooLarge,
 }
 
 impl RequestError {
@@ -28,7 +26,6 @@ impl RequestError {
         match self {
             RequestError::MultipleCredentials => "multiple credentials",
             RequestError::EmptyCredentials => "empty credentials",
-            RequestError::TokenTooLarge => "credentials too large",
         }
     }
 
@@ -36,7 +33,6 @@ impl RequestError {
         match self {
             RequestError::MultipleCredentials => "multiple_credentials",
             RequestError::EmptyCredentials => "empty_credentials",
-            RequestError::TokenTooLarge => "credentials_too_large",
         }
     }
 }
@@ -45,18 +41,19 @@ impl RequestError {
 pub fn extract(
     req: &RequestView<'_>,
     sources: &[TokenSource],
-    max_token_bytes: usize,
 ) -> Result<Option<Credential>, RequestError> {
     // Each occurrence (header line or query parameter) that holds a token, with its sources.
     let mut found: Vec<(Occurrence, Vec<u8>, Vec<usize>)> = Vec::new();
     for (index, source) in sources.iter().enumerate() {
         match source {
             TokenSource::Header { name, prefix } => {
-                let mut lines = req.header_lines(name).peekable();
+                let lines = req.header_lines(name);
                 let mut count = 0;
-                while let Some((line, value)) = lines.next() {
+                for (line, value) in lines {
                     count += 1;
-                    if count > 1 {
+                    // A repeated line, or repeated lines Envoy joined with commas (it does so
+                    // for `authorization`): a JWS never contains a comma.
+                    if count > 1 || value.contains(&b',') {
                         return Err(RequestError::MultipleCredentials);
                     }
                     let Some(token) = strip_prefix_ci(value, prefix.as_bytes()) else {
@@ -95,9 +92,6 @@ pub fn extract(
     };
     if found.next().is_some() {
         return Err(RequestError::MultipleCredentials);
-    }
-    if token.len() > max_token_bytes {
-        return Err(RequestError::TokenTooLarge);
     }
     // Non-UTF-8 bytes cannot be a JWS; keep them (lossily) so the parser refuses them.
     let token = String::from_utf8(token)

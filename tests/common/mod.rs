@@ -1,0 +1,850 @@
+//! Harness for integration tests through a real Envoy: a test PKI (rcgen), tokens signed with
+//! `jsonwebtoken` (not the library that verifies), a JWKS server and an echo upstream the test
+//! controls, Envoy itself (ports picked by Envoy, readiness polled, killed on drop, its log
+//! printed when a test fails), and an HTTPS client that can present a client certificate.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "orders";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn envoy_bin() -> PathBuf {
+    let p = std::env::var("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv/bin/envoy"));
+    assert!(
+        p.exists(),
+        "Envoy not found at {} (run `make test`, or set ENVOY_BIN)",
+        p.display()
+    );
+    p
+}
+
+pub fn wasm_path() -> PathBuf {
+    let p = std::env::var("MESHGUARD_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target/wasm32-wasip1/release/meshguard.wasm"));
+    assert!(p.exists(), "{} missing: run `make build`", p.display());
+    p
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "meshguard-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKI
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// A client identity: certificate chain and key, as PEM, plus the leaf's DER.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+}
+
+impl ClientCert {
+    /// Lower-case hex SHA-256 of the DER certificate (what Envoy reports).
+    pub fn sha256_hex(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(&self.der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "meshguard test mesh CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let mut sp = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        sp.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        sp.distinguished_name
+            .push(DnType::CommonName, "meshguard test server");
+        let server_cert = sp.signed_by(&server_key, &issuer).unwrap();
+
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            fs::write(&p, text).unwrap();
+            p
+        };
+        Pki {
+            dir: dir.to_path_buf(),
+            ca_pem: ca_cert.pem(),
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert.pem()),
+            server_key: write("server-key.pem", &server_key.serialize_pem()),
+            issuer,
+        }
+    }
+
+    /// A workload certificate with a SPIFFE URI SAN, signed by the mesh CA.
+    pub fn workload(&self, spiffe_id: &str) -> ClientCert {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().unwrap()));
+        p.distinguished_name.push(DnType::CommonName, "workload");
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys and tokens (jsonwebtoken, not jwt-simple)
+
+pub struct Signer {
+    pub kid: String,
+    pub alg: jsonwebtoken::Algorithm,
+    key: jsonwebtoken::EncodingKey,
+    pub jwk: Value,
+}
+
+impl Signer {
+    pub fn rsa(kid: &str) -> Signer {
+        use rsa::pkcs8::DecodePrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let pem = fs::read_to_string(repo().join("tests/fixtures/rsa-2048.pem")).unwrap();
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
+        let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be())});
+        Signer {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::RS256,
+            key: jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+            jwk,
+        }
+    }
+
+    pub fn es256(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
+        Signer {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::ES256,
+            key: jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            jwk,
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(kp.public_key_raw())});
+        Signer {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::EdDSA,
+            key: jsonwebtoken::EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            jwk,
+        }
+    }
+
+    /// Signs `claims` with this key and `kid`.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_as(self.alg, Some(&self.kid), claims)
+    }
+
+    pub fn sign_as(
+        &self,
+        alg: jsonwebtoken::Algorithm,
+        kid: Option<&str>,
+        claims: &Value,
+    ) -> String {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+}
+
+pub fn jwks(signers: &[&Signer]) -> String {
+    json!({ "keys": signers.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>() }).to_string()
+}
+
+/// Claims valid now, with `extra` merged in (`null` removes a claim).
+pub fn claims(extra: Value) -> Value {
+    let n = now();
+    let mut c =
+        json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": n - 5, "exp": n + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny HTTP/1.1 server for the JWKS endpoint and the echo upstream
+
+#[derive(Debug, Clone)]
+pub struct ServerRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerReply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+type Handler = dyn Fn(&ServerRequest) -> ServerReply + Send + Sync;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub hits: Arc<Mutex<Vec<ServerRequest>>>,
+}
+
+impl TestServer {
+    pub fn start(handler: Arc<Handler>) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let (s, h) = (stop.clone(), hits.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (handler, hits) = (handler.clone(), h.clone());
+                thread::spawn(move || serve(conn, &*handler, &hits));
+            }
+        });
+        TestServer { addr, stop, hits }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, handler: &Handler, hits: &Mutex<Vec<ServerRequest>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                let (n, v) = (n.trim().to_ascii_lowercase(), v.trim().to_string());
+                if n == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                }
+                headers.push((n, v));
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = ServerRequest {
+            method,
+            path,
+            headers,
+        };
+        hits.lock().unwrap().push(req.clone());
+        let reply = handler(&req);
+        if !reply.delay.is_zero() {
+            thread::sleep(reply.delay);
+        }
+        let out = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            reply.status,
+            reply.body.len(),
+            reply.body
+        );
+        if conn.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The JWKS endpoint: serves whatever document and status the test sets, and counts fetches.
+pub struct JwksServer {
+    pub server: TestServer,
+    pub doc: Arc<Mutex<(u16, String)>>,
+}
+
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+impl JwksServer {
+    pub fn start(doc: String) -> JwksServer {
+        let state = Arc::new(Mutex::new((200u16, doc)));
+        let s = state.clone();
+        let server = TestServer::start(Arc::new(move |_req: &ServerRequest| {
+            let (status, body) = s.lock().unwrap().clone();
+            ServerReply {
+                status,
+                body,
+                delay: Duration::ZERO,
+            }
+        }));
+        JwksServer { server, doc: state }
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.server.count(JWKS_PATH)
+    }
+
+    pub fn set(&self, status: u16, doc: String) {
+        *self.doc.lock().unwrap() = (status, doc);
+    }
+}
+
+/// The upstream: answers 200 with a JSON echo of the request line and headers it received.
+pub fn echo_upstream() -> TestServer {
+    TestServer::start(Arc::new(|req: &ServerRequest| {
+        let body =
+            json!({"method": req.method, "path": req.path, "headers": req.headers}).to_string();
+        ServerReply {
+            status: 200,
+            body,
+            delay: Duration::ZERO,
+        }
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+pub struct Envoy {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, u16>,
+}
+
+/// What an Envoy config needs to know about the test's world.
+pub struct World<'a> {
+    pub pki: &'a Pki,
+    pub upstream_port: u16,
+    pub jwks_port: u16,
+}
+
+/// An Envoy bootstrap: one mTLS listener (`mtls`; client certificate optional, validated against
+/// the test CA when presented) with meshguard in front of the echo upstream, and an `idp`
+/// cluster for the JWKS. `plugin` is the plugin configuration as `google.protobuf.StringValue`
+/// JSON (or, with `as_struct`, as a `google.protobuf.Struct`).
+pub fn bootstrap(world: &World<'_>, plugin: &Value, as_struct: bool) -> String {
+    let configuration = if as_struct {
+        format!(
+            "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value: {}",
+            plugin
+        )
+    } else {
+        format!(
+            "\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: {}",
+            serde_json::to_string(&plugin.to_string()).unwrap()
+        )
+    };
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: mtls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: false
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: {server_cert}}}
+              private_key: {{filename: {server_key}}}
+            validation_context:
+              trusted_ca: {{filename: {ca}}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+          - name: meshguard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: meshguard
+                root_id: meshguard
+                configuration:
+                  {configuration}
+                vm_config:
+                  vm_id: meshguard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {wasm}}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+  - name: idp
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: idp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {jwks}}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#,
+        server_cert = world.pki.server_cert.display(),
+        server_key = world.pki.server_key.display(),
+        ca = world.pki.ca_file.display(),
+        wasm = wasm_path().display(),
+        upstream = world.upstream_port,
+        jwks = world.jwks_port,
+    )
+}
+
+impl Envoy {
+    fn spawn(yaml: &str, concurrency: u32, tag: &str) -> (Child, PathBuf, PathBuf, PathBuf) {
+        let dir = temp_dir(tag);
+        let cfg = dir.join("envoy.yaml");
+        fs::write(&cfg, yaml).unwrap();
+        let log = dir.join("envoy.log");
+        let admin_file = dir.join("admin.txt");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--use-dynamic-base-id")
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                fs::File::create(dir.join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        (child, dir, log, admin_file)
+    }
+
+    /// Starts Envoy and waits (polling, with a deadline) until it is ready.
+    pub fn start(yaml: &str, concurrency: u32) -> Envoy {
+        let (child, dir, log, admin_file) = Envoy::spawn(yaml, concurrency, "envoy");
+        let mut envoy = Envoy {
+            child: Some(child),
+            dir,
+            log,
+            admin: "127.0.0.1:1".parse().unwrap(),
+            listeners: HashMap::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = envoy.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "Envoy exited ({status}) during start:\n{}",
+                    envoy.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready in 60 s:\n{}",
+                envoy.log_text()
+            );
+            if let Ok(text) = fs::read_to_string(&admin_file) {
+                if let Ok(addr) = text.trim().parse() {
+                    envoy.admin = addr;
+                    if matches!(http_get(addr, "/ready"), Ok((200, _))) {
+                        break;
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let (_, body) = http_get(envoy.admin, "/listeners?format=json").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        for l in v["listener_statuses"].as_array().unwrap() {
+            let port = l["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .unwrap();
+            envoy
+                .listeners
+                .insert(l["name"].as_str().unwrap().to_string(), port as u16);
+        }
+        envoy
+    }
+
+    /// Runs Envoy expecting it to refuse the configuration; returns its log.
+    pub fn expect_refusal(yaml: &str) -> String {
+        let (mut child, _dir, log, admin_file) = Envoy::spawn(yaml, 2, "refuse");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return fs::read_to_string(&log).unwrap_or_default();
+            }
+            if Instant::now() > deadline || admin_file.exists() && ready_at(&admin_file) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "Envoy accepted a bad configuration:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `envoy --mode validate` on a config file.
+    pub fn validate(config: &Path) -> (bool, String) {
+        let out = Command::new(envoy_bin())
+            .args([
+                "--mode",
+                "validate",
+                "--use-dynamic-base-id",
+                "-l",
+                "warn",
+                "-c",
+            ])
+            .arg(config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    pub fn port(&self, listener: &str) -> u16 {
+        *self
+            .listeners
+            .get(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> String {
+        http_get(self.admin, "/stats")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+fn ready_at(admin_file: &Path) -> bool {
+    fs::read_to_string(admin_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .is_some_and(|a| matches!(http_get(a, "/ready"), Ok((200, _))))
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- Envoy log (last 80 lines) ----");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Plain HTTP GET (admin interface).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let r = parse_response(&buf).ok_or_else(|| std::io::Error::other("bad response"))?;
+    Ok((r.status, r.body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    /// For echo-upstream answers: the value of a header the upstream received.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        let v = self.json();
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|h| (h[0].as_str() == Some(name)).then(|| h[1].as_str().unwrap().to_string()))
+    }
+}
+
+pub struct Client {
+    pub port: u16,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Client {
+    pub fn new(port: u16, pki: &Pki, cert: Option<&ClientCert>) -> Client {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match cert {
+            Some(c) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        Client {
+            port,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let raw: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        self.request("GET", path, &raw)
+    }
+
+    /// One request on a new connection; header values are raw bytes.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Response {
+        self.try_request(method, path, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Response, String> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(self.config.clone(), "localhost".try_into().unwrap())
+                .map_err(|e| e.to_string())?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n")
+                .into_bytes();
+        for (n, v) in headers {
+            req.extend_from_slice(n.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        tls.write_all(&req).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match tls.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        parse_response(&buf)
+            .ok_or_else(|| format!("unparseable response: {}", String::from_utf8_lossy(&buf)))
+    }
+}
+
+fn parse_response(buf: &[u8]) -> Option<Response> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 || b.len() < i + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[(i + 4 + size).min(b.len())..];
+    }
+    out
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Parses `WWW-Authenticate: Bearer k="v", …` into its parameters.
+pub fn challenge_params(v: &str) -> HashMap<String, String> {
+    let rest = v
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a Bearer challenge: {v}"));
+    rest.split("\", ")
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
