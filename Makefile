@@ -43,7 +43,7 @@ test-wasm: setup
 
 test-integration: build
 	@"$(ENVOY_BIN)" --version
-	cargo test --tests --test '*'
+	cargo test --test '*'
 
 test: lint build test-unit test-wasm test-integration
 

@@ -848,3 +848,116 @@ pub fn challenge_params(v: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.trim().to_string(), v.trim_matches('"').to_string()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shipped Envoy YAML: loaded as it is in the repository, then made runnable here (relative file
+// names resolved against a directory the test prepared, fixed ports mapped to the test's).
+
+pub struct Shipped {
+    pub path: PathBuf,
+    pub yaml: serde_yaml_ng::Value,
+}
+
+impl Shipped {
+    pub fn load(relative: &str) -> Shipped {
+        let path = repo().join(relative);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Shipped {
+            path,
+            yaml: serde_yaml_ng::from_str(&text).unwrap(),
+        }
+    }
+
+    /// Every `*.yaml` under `dir` (relative to the repository).
+    pub fn all_under(dir: &str) -> Vec<String> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in fs::read_dir(p).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&repo().join(dir), &mut out);
+        out.sort();
+        out.iter()
+            .map(|p| p.strip_prefix(repo()).unwrap().display().to_string())
+            .collect()
+    }
+
+    /// The YAML with relative `filename`s under `base` and ports mapped (unmapped stay).
+    pub fn runnable(&self, base: &Path, ports: &HashMap<u64, u64>) -> String {
+        fn fix(v: &mut serde_yaml_ng::Value, base: &Path, ports: &HashMap<u64, u64>) {
+            use serde_yaml_ng::Value as Y;
+            match v {
+                Y::Mapping(m) => {
+                    for (k, val) in m.iter_mut() {
+                        match (k.as_str(), &*val) {
+                            (Some("filename"), Y::String(f)) if !f.starts_with('/') => {
+                                *val = Y::String(base.join(f).display().to_string());
+                            }
+                            (Some("port_value"), Y::Number(n)) => {
+                                if let Some(p) = n.as_u64().and_then(|p| ports.get(&p)) {
+                                    *val = Y::Number((*p).into());
+                                }
+                            }
+                            _ => fix(val, base, ports),
+                        }
+                    }
+                }
+                Y::Sequence(s) => s.iter_mut().for_each(|x| fix(x, base, ports)),
+                _ => {}
+            }
+        }
+        let mut y = self.yaml.clone();
+        fix(&mut y, base, ports);
+        serde_yaml_ng::to_string(&y).unwrap()
+    }
+
+    /// Every meshguard plugin configuration in the file, as the bytes Envoy would hand over.
+    pub fn plugin_configs(&self) -> Vec<Vec<u8>> {
+        fn find(v: &serde_yaml_ng::Value, out: &mut Vec<Vec<u8>>) {
+            use serde_yaml_ng::Value as Y;
+            match v {
+                Y::Mapping(m) => {
+                    if let Some(Y::Mapping(c)) = m.get("configuration") {
+                        let ty = c.get("@type").and_then(Y::as_str).unwrap_or("");
+                        match (ty, c.get("value")) {
+                            (
+                                "type.googleapis.com/google.protobuf.StringValue",
+                                Some(Y::String(s)),
+                            ) => out.push(s.as_bytes().to_vec()),
+                            ("type.googleapis.com/google.protobuf.Struct", Some(v)) => out.push(
+                                serde_json::to_vec(
+                                    &serde_yaml_ng::from_value::<Value>(v.clone()).unwrap(),
+                                )
+                                .unwrap(),
+                            ),
+                            _ => panic!("unsupported plugin configuration type {ty:?}"),
+                        }
+                    }
+                    m.values().for_each(|x| find(x, out));
+                }
+                Y::Sequence(s) => s.iter().for_each(|x| find(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        find(&self.yaml, &mut out);
+        out
+    }
+}
+
+/// A directory laid out as the shipped examples expect: `pki/` (mesh CA, server certificate)
+/// and `meshguard.wasm`.
+pub fn example_dir(tag: &str) -> (PathBuf, Pki) {
+    let dir = temp_dir(tag);
+    let pki_dir = dir.join("pki");
+    fs::create_dir_all(&pki_dir).unwrap();
+    let pki = Pki::new(&pki_dir);
+    std::os::unix::fs::symlink(wasm_path(), dir.join("meshguard.wasm")).unwrap();
+    (dir, pki)
+}
