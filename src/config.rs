@@ -7,9 +7,12 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod routes;
+
 use crate::identity::PeerField;
 use crate::jwt::jwks::{JwksError, KeySet};
 use crate::jwt::Algorithm;
+use crate::policy::Policy;
 
 /// A configuration problem, with the path of the field that caused it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -56,6 +59,18 @@ struct RawConfig {
     principal_header: Option<String>,
     #[serde(default)]
     output_peer_to_headers: Vec<RawPeerHeader>,
+    #[serde(default)]
+    routes: Option<Vec<routes::RawRoute>>,
+    #[serde(default)]
+    default_action: Option<routes::RawAction>,
+    #[serde(default)]
+    default_deny_status: Option<u16>,
+    #[serde(default)]
+    mode: Option<routes::RawMode>,
+    #[serde(default)]
+    roles_claim: Option<String>,
+    #[serde(default)]
+    case_sensitive_paths: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +107,8 @@ struct RawProvider {
     output_claim_to_headers: Vec<RawClaimHeader>,
     #[serde(default)]
     forward_original_token: bool,
+    #[serde(default)]
+    require_certificate_binding: bool,
 }
 
 /// Istio gives `jwks` as a string holding the JSON document; a JSON object is accepted too.
@@ -140,6 +157,8 @@ pub struct Config {
     pub token_sources: Vec<TokenSource>,
     /// Largest `maxTokenBytes` of any provider: a cheap bound applied before any parsing.
     pub max_token_bytes: usize,
+    /// Routes and what they require.
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +176,8 @@ pub struct Provider {
     pub sources: Vec<usize>,
     pub claim_headers: Vec<ClaimHeader>,
     pub forward_original_token: bool,
+    /// RFC 8705: tokens must carry `cnf.x5t#S256`.
+    pub require_certificate_binding: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +411,17 @@ impl TryFrom<RawConfig> for Config {
             .map(|p| p.max_token_bytes)
             .max()
             .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        let policy = routes::policy(
+            routes::RawPolicy {
+                routes: raw.routes,
+                default_action: raw.default_action,
+                default_deny_status: raw.default_deny_status,
+                mode: raw.mode,
+                roles_claim: raw.roles_claim,
+                case_sensitive_paths: raw.case_sensitive_paths,
+            },
+            &providers,
+        )?;
         Ok(Config {
             realm,
             providers,
@@ -398,6 +430,7 @@ impl TryFrom<RawConfig> for Config {
             owned_headers,
             token_sources,
             max_token_bytes,
+            policy,
         })
     }
 }
@@ -613,16 +646,8 @@ fn provider(
     let mut claim_headers = Vec::new();
     for (j, c) in rp.output_claim_to_headers.into_iter().enumerate() {
         let header = header_name(&at(&format!("outputClaimToHeaders[{j}].header")), &c.header)?;
-        if c.claim.is_empty() || c.claim.split('.').any(str::is_empty) {
-            return Err(ConfigError::new(
-                at(&format!("outputClaimToHeaders[{j}].claim")),
-                "must be a claim name or dotted path such as realm_access.roles",
-            ));
-        }
-        claim_headers.push(ClaimHeader {
-            header,
-            claim: c.claim.split('.').map(str::to_string).collect(),
-        });
+        let claim = claim_path(&at(&format!("outputClaimToHeaders[{j}].claim")), &c.claim)?;
+        claim_headers.push(ClaimHeader { header, claim });
     }
 
     Ok(Provider {
@@ -637,6 +662,7 @@ fn provider(
         sources,
         claim_headers,
         forward_original_token: rp.forward_original_token,
+        require_certificate_binding: rp.require_certificate_binding,
     })
 }
 
@@ -651,8 +677,7 @@ fn intern(list: &mut Vec<TokenSource>, src: TokenSource) -> usize {
 /// Header names are lower-cased tokens (RFC 9110); pseudo-headers and hop-by-hop names are refused.
 fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
     let lower = name.to_ascii_lowercase();
-    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if lower.is_empty() || !lower.bytes().all(token_char) {
+    if lower.is_empty() || !lower.bytes().all(header_token) {
         return Err(ConfigError::new(
             path,
             format!("\"{name}\" is not a valid header name"),
@@ -674,6 +699,22 @@ fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(lower)
+}
+
+/// RFC 9110 `tchar`: the characters of header names and methods.
+fn header_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A claim name or dotted path (`realm_access.roles`), split on dots.
+fn claim_path(at: &str, c: &str) -> Result<Vec<String>, ConfigError> {
+    if c.is_empty() || c.split('.').any(str::is_empty) {
+        return Err(ConfigError::new(
+            at,
+            "must be a claim name or dotted path such as realm_access.roles",
+        ));
+    }
+    Ok(c.split('.').map(str::to_string).collect())
 }
 
 fn is_quoted_string_safe(s: &str) -> bool {

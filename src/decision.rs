@@ -13,6 +13,49 @@ pub enum Reason {
     InvalidRequest(RequestError),
     /// The token is not acceptable (RFC 6750 `invalid_token`).
     InvalidToken(TokenError),
+    /// Authenticated (or no token needed), but not allowed here.
+    Forbidden(Forbidden),
+}
+
+/// Authorization refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forbidden {
+    /// The token lacks scopes the route needs (RFC 6750 `insufficient_scope` with `scope=`).
+    InsufficientScope,
+    /// Roles, claim conditions or issuer (`insufficient_scope`, fixed description).
+    InsufficientPermissions,
+    /// The route needs a client certificate and the connection has none.
+    MtlsRequired,
+    /// The peer's SPIFFE ID or namespace is not allowed.
+    PeerNotAllowed,
+    /// No route matched and unmatched requests are denied with 403.
+    NoRoute,
+    /// No route matched and unmatched requests are denied with 404.
+    NotFound,
+}
+
+impl Forbidden {
+    fn description(self) -> &'static str {
+        match self {
+            Forbidden::InsufficientScope => "insufficient scope",
+            Forbidden::InsufficientPermissions => "insufficient permissions",
+            Forbidden::MtlsRequired => "mutual TLS required",
+            Forbidden::PeerNotAllowed => "peer not allowed",
+            Forbidden::NoRoute => "no matching route",
+            Forbidden::NotFound => "not found",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Forbidden::InsufficientScope => "insufficient_scope",
+            Forbidden::InsufficientPermissions => "insufficient_permissions",
+            Forbidden::MtlsRequired => "peer_denied.mtls_required",
+            Forbidden::PeerNotAllowed => "peer_denied.principal",
+            Forbidden::NoRoute => "no_route",
+            Forbidden::NotFound => "no_route.not_found",
+        }
+    }
 }
 
 impl Reason {
@@ -20,7 +63,23 @@ impl Reason {
         match self {
             Reason::MissingToken | Reason::InvalidToken(_) => 401,
             Reason::InvalidRequest(_) => 400,
+            Reason::Forbidden(Forbidden::NotFound) => 404,
+            Reason::Forbidden(_) => 403,
         }
+    }
+
+    /// Whether the answer carries a `WWW-Authenticate: Bearer` challenge: not for refusals
+    /// that no token could fix (peer, route).
+    fn challenges(self) -> bool {
+        !matches!(
+            self,
+            Reason::Forbidden(
+                Forbidden::MtlsRequired
+                    | Forbidden::PeerNotAllowed
+                    | Forbidden::NoRoute
+                    | Forbidden::NotFound
+            )
+        )
     }
 
     /// RFC 6750 error code; `None` when the request had no credentials (§3.1).
@@ -29,6 +88,11 @@ impl Reason {
             Reason::MissingToken => None,
             Reason::InvalidRequest(_) => Some("invalid_request"),
             Reason::InvalidToken(_) => Some("invalid_token"),
+            Reason::Forbidden(
+                Forbidden::InsufficientScope | Forbidden::InsufficientPermissions,
+            ) => Some("insufficient_scope"),
+            Reason::Forbidden(Forbidden::NotFound) => Some("not_found"),
+            Reason::Forbidden(_) => Some("access_denied"),
         }
     }
 
@@ -37,6 +101,7 @@ impl Reason {
             Reason::MissingToken => "authentication required",
             Reason::InvalidRequest(e) => e.description(),
             Reason::InvalidToken(e) => e.description(),
+            Reason::Forbidden(f) => f.description(),
         }
     }
 
@@ -46,6 +111,7 @@ impl Reason {
             Reason::MissingToken => "missing_token".to_string(),
             Reason::InvalidRequest(e) => format!("invalid_request.{}", e.code()),
             Reason::InvalidToken(e) => format!("invalid_token.{}", e.code()),
+            Reason::Forbidden(f) => f.code().to_string(),
         }
     }
 }
@@ -65,39 +131,52 @@ pub struct Forward {
     pub remove_headers: Vec<String>,
     /// Then set.
     pub set_headers: Vec<(String, String)>,
+    /// In dry-run mode: the answer enforcement would have given (log it, count it, forward).
+    pub dry_run: Option<LocalReply>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub reason: Reason,
+    /// Name of the matched route, for logs.
+    pub route: Option<String>,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
 impl LocalReply {
-    pub fn new(reason: Reason, realm: &str) -> LocalReply {
-        let mut challenge = format!("Bearer realm=\"{realm}\"");
-        if let Some(code) = reason.error_code() {
-            challenge.push_str(&format!(
-                ", error=\"{code}\", error_description=\"{}\"",
-                reason.description()
-            ));
+    /// The answer for `reason`. `scope`: the scopes the route needs (for `insufficient_scope`).
+    pub fn new(reason: Reason, realm: &str, scope: Option<&str>) -> LocalReply {
+        let mut headers = Vec::with_capacity(3);
+        if reason.challenges() {
+            let mut challenge = format!("Bearer realm=\"{realm}\"");
+            if let Some(code) = reason.error_code() {
+                challenge.push_str(&format!(
+                    ", error=\"{code}\", error_description=\"{}\"",
+                    reason.description()
+                ));
+            }
+            if let Some(scope) = scope {
+                challenge.push_str(&format!(", scope=\"{scope}\""));
+            }
+            headers.push(("www-authenticate", challenge));
         }
-        let body = serde_json::json!({
-            "error": reason.error_code().unwrap_or("unauthorized"),
-            "error_description": reason.description(),
-        })
-        .to_string();
+        headers.push(("content-type", "application/json".to_string()));
+        headers.push(("cache-control", "no-store".to_string()));
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), reason.error_code().unwrap_or("unauthorized").into());
+        body.insert("error_description".into(), reason.description().into());
+        if let Some(scope) = scope {
+            body.insert("scope".into(), scope.into());
+        }
+        let body = serde_json::Value::Object(body);
         LocalReply {
             reason,
+            route: None,
             status: reason.status(),
-            headers: vec![
-                ("www-authenticate", challenge),
-                ("content-type", "application/json".to_string()),
-                ("cache-control", "no-store".to_string()),
-            ],
-            body,
+            headers,
+            body: body.to_string(),
         }
     }
 }
@@ -105,6 +184,38 @@ impl LocalReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insufficient_scope_names_the_needed_scopes() {
+        let r = LocalReply::new(
+            Reason::Forbidden(Forbidden::InsufficientScope),
+            "api",
+            Some("a:read b:write"),
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"insufficient scope\", scope=\"a:read b:write\""
+        );
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["scope"], "a:read b:write");
+    }
+
+    #[test]
+    fn peer_and_route_refusals_have_no_bearer_challenge() {
+        for (f, status, desc) in [
+            (Forbidden::MtlsRequired, 403, "mutual TLS required"),
+            (Forbidden::PeerNotAllowed, 403, "peer not allowed"),
+            (Forbidden::NoRoute, 403, "no matching route"),
+            (Forbidden::NotFound, 404, "not found"),
+        ] {
+            let r = LocalReply::new(Reason::Forbidden(f), "api", None);
+            assert_eq!(r.status, status);
+            assert!(r.headers.iter().all(|(n, _)| *n != "www-authenticate"));
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["error_description"], desc);
+        }
+    }
 
     fn header<'a>(r: &'a LocalReply, name: &str) -> &'a str {
         r.headers
@@ -116,7 +227,7 @@ mod tests {
 
     #[test]
     fn missing_token_challenge_has_no_error() {
-        let r = LocalReply::new(Reason::MissingToken, "api");
+        let r = LocalReply::new(Reason::MissingToken, "api", None);
         assert_eq!(r.status, 401);
         assert_eq!(header(&r, "www-authenticate"), "Bearer realm=\"api\"");
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -125,7 +236,7 @@ mod tests {
 
     #[test]
     fn invalid_token_challenge_names_error_and_description() {
-        let r = LocalReply::new(Reason::InvalidToken(TokenError::Expired), "api");
+        let r = LocalReply::new(Reason::InvalidToken(TokenError::Expired), "api", None);
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
@@ -142,6 +253,7 @@ mod tests {
         let r = LocalReply::new(
             Reason::InvalidRequest(RequestError::MultipleCredentials),
             "api",
+            None,
         );
         assert_eq!(r.status, 400);
         assert!(header(&r, "www-authenticate").contains("error=\"invalid_request\""));

@@ -13,6 +13,7 @@
 //! | [`request`] | [`request::RequestView`]: the plain data of one request |
 //! | [`identity`] | the mTLS peer and its SPIFFE ID |
 //! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification |
+//! | [`policy`] | routes (first match wins), path normalisation, requirements |
 //! | [`decision`] | the one table reason → status, challenge, body, code |
 //! | [`engine`] | the pipeline: one call per request |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches |
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod identity;
 pub mod jwks_sync;
 pub mod jwt;
+pub mod policy;
 pub mod request;
 
 #[cfg(test)]

@@ -23,6 +23,15 @@ impl<'a> RequestView<'a> {
             .map(|(i, (_, v))| (i, v.as_slice()))
     }
 
+    /// The first value of a header (pseudo-headers such as `:authority` included), as text.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        let headers: &'a [(String, Vec<u8>)] = self.headers;
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
     /// The query string, without the fragment.
     pub fn query(&self) -> &'a str {
         let no_fragment = self.path.split('#').next().unwrap_or_default();

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::config::KeySource;
+use crate::decision::Forbidden;
 use crate::identity::Peer;
 use crate::jwt::jwks::KeySet;
 use crate::jwt::TokenError;
@@ -108,17 +109,17 @@ fn valid_token_goes_upstream_with_claims_principal_and_peer_headers() {
     assert_eq!(
         fwd.set_headers,
         vec![
+            (
+                "x-peer".to_string(),
+                "spiffe://cluster.local/ns/web/sa/frontend".to_string()
+            ),
+            ("x-peer-ns".to_string(), "web".to_string()),
             ("x-sub".to_string(), "alice".to_string()),
             ("x-roles".to_string(), "admin,viewer".to_string()),
             (
                 "x-meshguard-principal".to_string(),
                 format!("{ISSUER}/alice")
             ),
-            (
-                "x-peer".to_string(),
-                "spiffe://cluster.local/ns/web/sa/frontend".to_string()
-            ),
-            ("x-peer-ns".to_string(), "web".to_string()),
         ]
     );
 }
@@ -239,5 +240,190 @@ fn oversized_credentials_are_refused_before_decoding() {
     assert_eq!(
         (r.status, r.reason),
         (401, Reason::InvalidToken(TokenError::TooLarge))
+    );
+}
+
+fn routed(
+    keys: &TestKeys,
+    top: serde_json::Value,
+    provider: serde_json::Value,
+) -> (Engine, Inline) {
+    engine(keys, provider, top)
+}
+
+fn request(
+    e: &(Engine, Inline),
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    peer: &Peer,
+) -> Decision {
+    let mut headers = vec![
+        (":method".to_string(), method.as_bytes().to_vec()),
+        (":authority".to_string(), b"api.example.com".to_vec()),
+    ];
+    if let Some(a) = auth {
+        headers.push((
+            "authorization".to_string(),
+            format!("Bearer {a}").into_bytes(),
+        ));
+    }
+    let req = RequestView {
+        path,
+        headers: &headers,
+        peer,
+    };
+    e.0.decide(&req, &e.1, NOW * 1000)
+}
+
+#[test]
+fn dry_run_lets_a_denied_request_through_and_records_the_answer() {
+    let keys = TestKeys::new();
+    let routes = json!([{"name": "admin", "match": {"paths": ["/admin"]}, "mode": "dryRun",
+        "require": {"roles": {"anyOf": ["admin"]}}},
+        {"name": "scoped", "match": {"paths": ["/reports"]}, "require": {"scopes": {"allOf": ["reports:read"]}}}]);
+    let e = routed(&keys, json!({"routes": routes}), json!({}));
+    let viewer = keys.eddsa(claims(json!({"roles": ["viewer"]})));
+    let Decision::Allow(fwd) = request(&e, "GET", "/admin", Some(&viewer), &Peer::default()) else {
+        panic!()
+    };
+    let would = fwd.dry_run.expect("would-deny recorded");
+    assert_eq!((would.status, would.route.as_deref()), (403, Some("admin")));
+    assert!(
+        fwd.set_headers
+            .iter()
+            .any(|(h, _)| h == "x-meshguard-principal"),
+        "identity still forwarded"
+    );
+    // The same token is denied where the route enforces.
+    let r = denied(request(
+        &e,
+        "GET",
+        "/reports",
+        Some(&viewer),
+        &Peer::default(),
+    ));
+    assert_eq!(r.reason, Reason::Forbidden(Forbidden::InsufficientScope));
+    assert!(r
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "www-authenticate" && v.ends_with("scope=\"reports:read\"")));
+    // Global dry-run covers unmatched routes and authentication failures too.
+    let e = routed(&keys, json!({"mode": "dryRun", "routes": []}), json!({}));
+    let Decision::Allow(fwd) = request(&e, "GET", "/x", None, &Peer::default()) else {
+        panic!()
+    };
+    assert_eq!(
+        fwd.dry_run.map(|r| r.reason),
+        Some(Reason::Forbidden(Forbidden::NoRoute))
+    );
+}
+
+#[test]
+fn unmatched_routes_and_bad_paths() {
+    let keys = TestKeys::new();
+    let e = routed(
+        &keys,
+        json!({"routes": [{"match": {"paths": ["/a"]}}], "defaultDenyStatus": 404}),
+        json!({}),
+    );
+    assert_eq!(
+        denied(request(&e, "GET", "/b", None, &Peer::default())).status,
+        404
+    );
+    let r = denied(request(&e, "GET", "/a%2F..%2Fb", None, &Peer::default()));
+    assert_eq!(
+        (r.status, r.reason),
+        (
+            400,
+            Reason::InvalidRequest(crate::jwt::extract::RequestError::InvalidPath)
+        )
+    );
+    let open = routed(
+        &keys,
+        json!({"routes": [], "defaultAction": "allow"}),
+        json!({}),
+    );
+    assert!(matches!(
+        request(&open, "GET", "/b", None, &Peer::default()),
+        Decision::Allow(_)
+    ));
+}
+
+#[test]
+fn token_none_and_optional_routes() {
+    let keys = TestKeys::new();
+    let e = routed(
+        &keys,
+        json!({"routes": [
+        {"match": {"paths": ["/public"]}, "token": "none"},
+        {"match": {"paths": ["/maybe"]}, "token": "optional"}]}),
+        json!({}),
+    );
+    let Decision::Allow(fwd) = request(&e, "GET", "/public", Some("garbage"), &Peer::default())
+    else {
+        panic!()
+    };
+    assert!(
+        !fwd.remove_headers.contains(&"authorization".to_string()),
+        "token not used, not touched"
+    );
+    assert!(matches!(
+        request(&e, "GET", "/maybe", None, &Peer::default()),
+        Decision::Allow(_)
+    ));
+    let r = denied(request(
+        &e,
+        "GET",
+        "/maybe",
+        Some("garbage"),
+        &Peer::default(),
+    ));
+    assert_eq!(
+        r.reason,
+        Reason::InvalidToken(TokenError::Malformed),
+        "a present token must be valid"
+    );
+}
+
+#[test]
+fn certificate_bound_tokens() {
+    use base64::Engine as _;
+    let keys = TestKeys::new();
+    let e = routed(&keys, json!({}), json!({}));
+    let strict = routed(&keys, json!({}), json!({"requireCertificateBinding": true}));
+    let digest_hex = "0f".repeat(32);
+    let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x0fu8; 32]);
+    let bound = keys.eddsa(claims(json!({"cnf": {"x5t#S256": thumb}})));
+    let own = peer();
+    assert_eq!(own.certificate_sha256.as_deref(), Some(digest_hex.as_str()));
+    assert!(matches!(
+        request(&e, "GET", "/", Some(&bound), &own),
+        Decision::Allow(_)
+    ));
+    let mut other = peer();
+    other.certificate_sha256 = Some("aa".repeat(32));
+    let r = denied(request(&e, "GET", "/", Some(&bound), &other));
+    assert_eq!(
+        (r.status, r.reason),
+        (401, Reason::InvalidToken(TokenError::BindingMismatch))
+    );
+    let r = denied(request(&e, "GET", "/", Some(&bound), &Peer::default()));
+    assert_eq!(
+        r.reason,
+        Reason::InvalidToken(TokenError::BindingMismatch),
+        "no client certificate"
+    );
+    let unbound = keys.eddsa(claims(json!({})));
+    assert!(matches!(
+        request(&e, "GET", "/", Some(&unbound), &own),
+        Decision::Allow(_)
+    ));
+    let r = denied(request(&strict, "GET", "/", Some(&unbound), &own));
+    assert_eq!(r.reason, Reason::InvalidToken(TokenError::BindingRequired));
+    let odd = keys.eddsa(claims(json!({"cnf": "x"})));
+    assert_eq!(
+        denied(request(&e, "GET", "/", Some(&odd), &own)).reason,
+        Reason::InvalidToken(TokenError::Malformed)
     );
 }

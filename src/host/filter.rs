@@ -5,7 +5,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
-use crate::decision::{Decision, Reason};
+use crate::decision::{Decision, LocalReply, Reason};
 use crate::identity::Peer;
 use crate::jwt::TokenError;
 use crate::request::RequestView;
@@ -94,7 +94,12 @@ impl HttpContext for Filter {
 
         match decision {
             Decision::Allow(fwd) => {
-                log(LogLevel::Debug, "meshguard: allow");
+                if let Some(would) = &fwd.dry_run {
+                    self.worker.metrics.dry_run_would_deny();
+                    log(LogLevel::Info, &decision_line("dry_run_would_deny", would));
+                } else {
+                    log(LogLevel::Debug, "meshguard: allow");
+                }
                 for name in &fwd.remove_headers {
                     self.set_http_request_header(name, None);
                 }
@@ -104,10 +109,7 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Decision::Deny(reply) => {
-                log(
-                    LogLevel::Debug,
-                    &format!("meshguard: deny {} {}", reply.status, reply.reason.code()),
-                );
+                log(LogLevel::Debug, &decision_line("deny", &reply));
                 let headers: Vec<(&str, &str)> = reply
                     .headers
                     .iter()
@@ -122,4 +124,15 @@ impl HttpContext for Filter {
             }
         }
     }
+}
+
+/// One JSON line for a denial or a dry-run would-deny: reason code, status, route; no token.
+fn decision_line(event: &str, reply: &LocalReply) -> String {
+    serde_json::json!({
+        "meshguard": event,
+        "status": reply.status,
+        "reason": reply.reason.code(),
+        "route": reply.route,
+    })
+    .to_string()
 }

@@ -4,9 +4,11 @@
 //! - [`root`]: one root context per worker VM: configuration, the JWKS timer and fetches.
 //! - [`filter`]: one HTTP context per request: read → `Engine::decide` → apply.
 //! - [`keys`]: the worker's key sets, kept in step with the JWKS in Envoy shared data.
+//! - [`metrics`]: counters in Envoy's stats.
 
 mod filter;
 mod keys;
+mod metrics;
 mod root;
 
 use proxy_wasm::types::LogLevel;

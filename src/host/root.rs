@@ -18,6 +18,7 @@ use crate::jwt::jwks::{KeySet, MAX_JWKS_BYTES};
 
 use super::filter::Filter;
 use super::keys::{read_meta, WorkerKeys};
+use super::metrics::Metrics;
 use super::{log, now_ms};
 
 /// Tick while some remote provider has no keys yet, and once all have.
@@ -28,6 +29,7 @@ const SLOW_TICK: Duration = Duration::from_millis(1000);
 pub struct Worker {
     pub engine: Engine,
     pub keys: RefCell<WorkerKeys>,
+    pub metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -164,9 +166,11 @@ impl RootContext for Root {
                 }
             }
         }
+        let metrics = Metrics::define(&plugin);
         let worker = Rc::new(Worker {
             engine: Engine::new(config),
             keys: RefCell::new(keys),
+            metrics,
         });
         worker.keys.borrow_mut().sync(&worker.engine.config);
         self.worker = Some(worker);

@@ -19,6 +19,8 @@ pub enum RequestError {
     MultipleCredentials,
     /// The scheme is present but carries no token (`Authorization: Bearer`).
     EmptyCredentials,
+    /// The path cannot be normalised for route matching (encoded slash, backslash, …).
+    InvalidPath,
 }
 
 impl RequestError {
@@ -26,6 +28,7 @@ impl RequestError {
         match self {
             RequestError::MultipleCredentials => "multiple credentials",
             RequestError::EmptyCredentials => "empty credentials",
+            RequestError::InvalidPath => "invalid path",
         }
     }
 
@@ -33,6 +36,7 @@ impl RequestError {
         match self {
             RequestError::MultipleCredentials => "multiple_credentials",
             RequestError::EmptyCredentials => "empty_credentials",
+            RequestError::InvalidPath => "invalid_path",
         }
     }
 }

@@ -96,6 +96,10 @@ pub enum TokenError {
     MissingExpiration,
     LifetimeTooLong,
     Audience,
+    /// RFC 8705: `cnf."x5t#S256"` differs from the client certificate, or there is none.
+    BindingMismatch,
+    /// The provider requires certificate-bound tokens and this one has no `cnf."x5t#S256"`.
+    BindingRequired,
 }
 
 impl TokenError {
@@ -117,6 +121,8 @@ impl TokenError {
             TokenError::MissingExpiration => "token has no expiration",
             TokenError::LifetimeTooLong => "token lifetime too long",
             TokenError::Audience => "audience not allowed",
+            TokenError::BindingMismatch => "certificate binding mismatch",
+            TokenError::BindingRequired => "certificate binding required",
         }
     }
 
@@ -138,6 +144,8 @@ impl TokenError {
             TokenError::MissingExpiration => "missing_exp",
             TokenError::LifetimeTooLong => "lifetime",
             TokenError::Audience => "audience",
+            TokenError::BindingMismatch => "binding",
+            TokenError::BindingRequired => "binding_required",
         }
     }
 }

@@ -109,3 +109,48 @@ pub fn check_claims(claims: &Claims, provider: &Provider, now_s: u64) -> Result<
 
 #[cfg(test)]
 mod tests;
+
+/// RFC 8705 §3: a token carrying `cnf."x5t#S256"` is bound to the client certificate whose
+/// SHA-256 (base64url, no padding) it names. `peer_sha256_hex` is Envoy's lower-case hex digest.
+pub fn check_binding(
+    claims: &Claims,
+    required: bool,
+    peer_sha256_hex: Option<&str>,
+) -> Result<(), TokenError> {
+    use base64::Engine as _;
+    let thumbprint = match claims.all.get("cnf") {
+        None => None,
+        Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            None => None,
+            Some(serde_json::Value::String(t)) => Some(t.as_str()),
+            Some(_) => return Err(TokenError::Malformed),
+        },
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    let Some(thumbprint) = thumbprint else {
+        return if required {
+            Err(TokenError::BindingRequired)
+        } else {
+            Ok(())
+        };
+    };
+    let digest = peer_sha256_hex
+        .and_then(hex_decode)
+        .ok_or(TokenError::BindingMismatch)?;
+    let peer = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    if peer == thumbprint {
+        Ok(())
+    } else {
+        Err(TokenError::BindingMismatch)
+    }
+}
+
+fn hex_decode(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}

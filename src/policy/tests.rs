@@ -1,0 +1,388 @@
+//! Routes and requirements, built through the configuration parser as users write them.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::testkit::{TestKeys, ISSUER};
+
+fn policy(top: Value) -> Policy {
+    let mut cfg = json!({"providers": [{"issuer": ISSUER, "jwks": TestKeys::new().jwks()}]});
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(top.as_object().unwrap().clone());
+    Config::from_json(cfg.to_string().as_bytes())
+        .unwrap()
+        .policy
+}
+
+fn config_err(top: Value) -> String {
+    let mut cfg = json!({"providers": [{"issuer": ISSUER, "jwks": TestKeys::new().jwks()}]});
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(top.as_object().unwrap().clone());
+    Config::from_json(cfg.to_string().as_bytes())
+        .unwrap_err()
+        .to_string()
+}
+
+fn route_name<'a>(p: &'a Policy, host: &str, raw_path: &str, method: &str) -> Option<&'a str> {
+    let path = path::normalize(raw_path, p.case_sensitive_paths).ok()?;
+    p.route_for(host, &path, method).map(|r| r.name.as_str())
+}
+
+fn claims(v: Value) -> Claims {
+    Claims {
+        iss: v["iss"].as_str().map(str::to_string),
+        all: v.as_object().unwrap().clone(),
+        ..Claims::default()
+    }
+}
+
+fn saas() -> Policy {
+    policy(json!({"rolesClaim": "role", "routes": [
+        {"name": "status", "match": {"paths": ["/public/status"], "methods": ["GET"]}, "token": "none"},
+        {"name": "list", "match": {"paths": ["/projects"], "methods": ["GET"]}},
+        {"name": "create", "match": {"paths": ["/projects"], "methods": ["POST"]},
+         "require": {"roles": {"anyOf": ["editor", "admin"]}}},
+        {"name": "delete", "match": {"paths": ["/projects/{id}"], "methods": ["DELETE"]},
+         "require": {"roles": {"anyOf": ["admin"]}}},
+        {"name": "export", "match": {"paths": ["/api/*/export"]}},
+        {"name": "docs", "match": {"pathPrefixes": ["/docs/"], "hosts": ["*.example.com"]}, "token": "optional"}
+    ]}))
+}
+
+#[test]
+fn first_match_wins_by_method_path_and_host() {
+    let p = saas();
+    assert_eq!(route_name(&p, "api", "/projects", "GET"), Some("list"));
+    assert_eq!(route_name(&p, "api", "/projects", "POST"), Some("create"));
+    assert_eq!(route_name(&p, "api", "/projects", "PUT"), None);
+    assert_eq!(
+        route_name(&p, "api", "/projects/7", "DELETE"),
+        Some("delete")
+    );
+    assert_eq!(
+        route_name(&p, "api", "/projects/7/x", "DELETE"),
+        None,
+        "{{id}} is one segment"
+    );
+    assert_eq!(
+        route_name(&p, "api", "/api/v2/export", "GET"),
+        Some("export")
+    );
+    assert_eq!(route_name(&p, "api", "/api/export", "GET"), None);
+    assert_eq!(
+        route_name(&p, "docs.example.com:8443", "/docs/a/b", "GET"),
+        Some("docs")
+    );
+    assert_eq!(
+        route_name(&p, "example.com", "/docs/a", "GET"),
+        None,
+        "*.example.com needs a subdomain"
+    );
+    assert_eq!(route_name(&p, "evil-example.com", "/docs/a", "GET"), None);
+}
+
+#[test]
+fn normalisation_stops_paths_slipping_past_routes() {
+    let p = saas();
+    for raw in [
+        "/public/../projects/7",
+        "/public/%2e%2e/projects/7",
+        "//projects//7",
+        "/PROJECTS/7",
+        "/projects/7/",
+        "/projects/7?role=admin",
+        "/projects/7#x",
+        "/projects/./7",
+    ] {
+        assert_eq!(
+            route_name(&p, "api", raw, "DELETE"),
+            Some("delete"),
+            "{raw}"
+        );
+    }
+    assert_eq!(
+        route_name(&p, "api", "/public/status/../../projects", "POST"),
+        Some("create")
+    );
+    assert_eq!(
+        route_name(&p, "api", "/public%2Fstatus", "GET"),
+        None,
+        "refused before matching"
+    );
+}
+
+#[test]
+fn case_sensitive_paths_when_configured() {
+    let p = policy(
+        json!({"caseSensitivePaths": true, "routes": [{"name": "a", "match": {"paths": ["/Admin"]}}]}),
+    );
+    assert_eq!(route_name(&p, "h", "/Admin", "GET"), Some("a"));
+    assert_eq!(route_name(&p, "h", "/admin", "GET"), None);
+}
+
+#[test]
+fn no_routes_means_one_catch_all_route_requiring_a_token() {
+    let p = policy(json!({}));
+    assert_eq!(p.routes.len(), 1);
+    assert_eq!(p.routes[0].token, TokenUse::Required);
+    assert_eq!(p.unmatched, Unmatched::Deny { status: 403 });
+    let p = policy(json!({"routes": [], "defaultAction": "deny", "defaultDenyStatus": 404}));
+    assert_eq!(p.unmatched, Unmatched::Deny { status: 404 });
+}
+
+#[test]
+fn scopes_come_from_scope_and_scp() {
+    let r = Requirements {
+        scopes_all_of: vec!["a".into(), "b".into()],
+        scopes_any_of: vec!["c".into(), "d".into()],
+        ..Requirements::default()
+    };
+    let peer = Peer::default();
+    assert_eq!(
+        r.check(Some(&claims(json!({"scope": "a b d"}))), &peer),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(
+            Some(&claims(json!({"scope": "a", "scp": ["b", "c"]}))),
+            &peer
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(Some(&claims(json!({"scp": "a b c"}))), &peer),
+        Ok(())
+    );
+    let needed = Denial::InsufficientScope("a b c d".into());
+    assert_eq!(
+        r.check(Some(&claims(json!({"scope": "a b"}))), &peer),
+        Err(needed.clone())
+    );
+    assert_eq!(
+        r.check(Some(&claims(json!({"scope": "a c"}))), &peer),
+        Err(needed.clone())
+    );
+    // Wrong types never grant anything.
+    assert_eq!(
+        r.check(Some(&claims(json!({"scope": 5, "scp": {"a": 1}}))), &peer),
+        Err(needed)
+    );
+    assert_eq!(r.check(None, &peer), Err(Denial::TokenRequired));
+}
+
+#[test]
+fn roles_from_a_claim_path_and_wrong_types_deny() {
+    let p = policy(
+        json!({"routes": [{"require": {"roles": {"claim": "realm_access.roles", "anyOf": ["admin"]}}}]}),
+    );
+    let r = &p.routes[0].require;
+    let peer = Peer::default();
+    assert_eq!(
+        r.check(
+            Some(&claims(
+                json!({"realm_access": {"roles": ["viewer", "admin"]}})
+            )),
+            &peer
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(
+            Some(&claims(json!({"realm_access": {"roles": "admin"}}))),
+            &peer
+        ),
+        Ok(())
+    );
+    for bad in [
+        json!({"realm_access": {"roles": ["viewer"]}}),
+        json!({"realm_access": {"roles": {"admin": true}}}),
+        json!({"realm_access": "admin"}),
+        json!({"roles": ["admin"]}),
+    ] {
+        assert_eq!(
+            r.check(Some(&claims(bad.clone())), &peer),
+            Err(Denial::InsufficientPermissions),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn claim_conditions_match_scalars_and_array_members() {
+    let p = policy(json!({"routes": [{"require": {"claims": [
+        {"claim": "tenant", "values": ["acme", 42]}, {"claim": "mfa", "values": [true]}]}}]}));
+    let r = &p.routes[0].require;
+    let peer = Peer::default();
+    assert_eq!(
+        r.check(Some(&claims(json!({"tenant": "acme", "mfa": true}))), &peer),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(Some(&claims(json!({"tenant": 42.0, "mfa": true}))), &peer),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(
+            Some(&claims(json!({"tenant": ["x", "acme"], "mfa": [true]}))),
+            &peer
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        r.check(
+            Some(&claims(json!({"tenant": "acme", "mfa": "true"}))),
+            &peer
+        ),
+        Err(Denial::InsufficientPermissions)
+    );
+    assert_eq!(
+        r.check(
+            Some(&claims(json!({"tenant": {"id": "acme"}, "mfa": true}))),
+            &peer
+        ),
+        Err(Denial::InsufficientPermissions)
+    );
+}
+
+#[test]
+fn peers_by_spiffe_pattern_namespace_and_mtls() {
+    let p = policy(json!({"routes": [
+        {"require": {"peers": {"principals": ["spiffe://cluster.local/ns/payments/sa/*", "cluster.local/ns/ops/sa/admin"]}}},
+        {"require": {"peers": {"namespaces": ["web"]}}},
+        {"require": {"peers": {"requireMtls": true}}},
+        {"require": {"peers": {"principals": ["spiffe://cluster.local/ns/payments/**"]}}}
+    ]}));
+    let peer = |id: &str| Peer {
+        mtls: true,
+        uri_san: Some(id.into()),
+        ..Peer::default()
+    };
+    let [by_principal, by_ns, mtls, by_prefix] = [0, 1, 2, 3].map(|i| &p.routes[i].require);
+    assert_eq!(
+        by_principal.check(None, &peer("spiffe://cluster.local/ns/payments/sa/api")),
+        Ok(())
+    );
+    assert_eq!(
+        by_principal.check(None, &peer("spiffe://cluster.local/ns/ops/sa/admin")),
+        Ok(())
+    );
+    assert_eq!(
+        by_principal.check(None, &peer("spiffe://cluster.local/ns/payments/sa/api/x")),
+        Err(Denial::PeerNotAllowed)
+    );
+    assert_eq!(
+        by_principal.check(None, &peer("spiffe://other.td/ns/payments/sa/api")),
+        Err(Denial::PeerNotAllowed)
+    );
+    assert_eq!(
+        by_principal.check(None, &Peer::default()),
+        Err(Denial::MtlsRequired)
+    );
+    assert_eq!(
+        by_ns.check(None, &peer("spiffe://cluster.local/ns/web/sa/frontend")),
+        Ok(())
+    );
+    assert_eq!(
+        by_ns.check(None, &peer("spiffe://cluster.local/ns/webx/sa/frontend")),
+        Err(Denial::PeerNotAllowed)
+    );
+    assert_eq!(
+        mtls.check(None, &Peer::default()),
+        Err(Denial::MtlsRequired)
+    );
+    assert_eq!(
+        mtls.check(
+            None,
+            &Peer {
+                mtls: true,
+                ..Peer::default()
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        by_prefix.check(None, &peer("spiffe://cluster.local/ns/payments/sa/api")),
+        Ok(())
+    );
+    assert_eq!(
+        by_prefix.check(None, &peer("spiffe://cluster.local/ns/payments")),
+        Err(Denial::PeerNotAllowed)
+    );
+}
+
+#[test]
+fn issuers_allowed_per_route() {
+    let p = policy(json!({"routes": [{"require": {"issuers": [ISSUER]}}]}));
+    let r = &p.routes[0].require;
+    assert_eq!(
+        r.check(Some(&claims(json!({"iss": ISSUER}))), &Peer::default()),
+        Ok(())
+    );
+    assert!(
+        config_err(json!({"routes": [{"require": {"issuers": ["https://nope"]}}]})).starts_with(
+            "routes[0].require.issuers[0]: \"https://nope\" is not the issuer of any provider"
+        )
+    );
+}
+
+#[test]
+fn route_configuration_errors_name_the_field() {
+    let cases = [
+        (
+            json!({"routes": [{"match": {"paths": ["projects"]}}]}),
+            "routes[0].match.paths[0]: must start with /",
+        ),
+        (
+            json!({"routes": [{"match": {"paths": ["/a/**/b"]}}]}),
+            "routes[0].match.paths[0]: ** may only be the last segment",
+        ),
+        (
+            json!({"routes": [{"match": {"paths": ["/a/x*"]}}]}),
+            "routes[0].match.paths[0]: a wildcard must be a whole segment",
+        ),
+        (
+            json!({"routes": [{"match": {"hosts": ["a b"]}}]}),
+            "routes[0].match.hosts[0]: \"a b\" is not a host name",
+        ),
+        (
+            json!({"routes": [{"token": "maybe"}]}),
+            "routes[0].token: unknown variant `maybe`",
+        ),
+        (
+            json!({"routes": [{"token": "none", "require": {"scopes": {"allOf": ["a"]}}}]}),
+            "routes[0].token: is none, but require",
+        ),
+        (
+            json!({"routes": [{"require": {"roles": {"anyOf": []}}}]}),
+            "routes[0].require.roles.anyOf: must list at least one role",
+        ),
+        (
+            json!({"routes": [{"require": {"claims": [{"claim": "a", "values": [{}]}]}}]}),
+            "routes[0].require.claims[0].values[0]: must be a string",
+        ),
+        (
+            json!({"routes": [{"require": {"peers": {"principals": ["spiffe://td/ns/a*"]}}}]}),
+            "routes[0].require.peers.principals[0]: a wildcard",
+        ),
+        (
+            json!({"routes": [{"require": {"scopes": {"allOf": ["a b"]}}}]}),
+            "routes[0].require.scopes.allOf[0]: a scope is printable",
+        ),
+        (
+            json!({"routes": [{"mtach": {}}]}),
+            "routes[0].mtach: unknown field `mtach`",
+        ),
+        (
+            json!({"defaultDenyStatus": 401}),
+            "defaultDenyStatus: must be 403 or 404",
+        ),
+        (json!({"mode": "audit"}), "mode: unknown variant `audit`"),
+    ];
+    for (cfg, want) in cases {
+        let e = config_err(cfg);
+        assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+    }
+}
