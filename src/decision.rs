@@ -165,7 +165,10 @@ impl LocalReply {
         headers.push(("content-type", "application/json".to_string()));
         headers.push(("cache-control", "no-store".to_string()));
         let mut body = serde_json::Map::new();
-        body.insert("error".into(), reason.error_code().unwrap_or("unauthorized").into());
+        body.insert(
+            "error".into(),
+            reason.error_code().unwrap_or("unauthorized").into(),
+        );
         body.insert("error_description".into(), reason.description().into());
         if let Some(scope) = scope {
             body.insert("scope".into(), scope.into());

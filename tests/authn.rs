@@ -291,7 +291,9 @@ fn each_rejection_has_its_status_challenge_and_body_and_the_next_request_still_w
     };
     let (h, rest) = good.split_once('.').unwrap();
     let padded = format!("{h}=.{rest}");
-    let plus_slash = good.replace('-', "+").replace('_', "/");
+    // "+/" in place of the signature's first two characters (always present, unlike '-' '_').
+    let (signed, sig) = good.rsplit_once('.').unwrap();
+    let plus_slash = format!("{signed}.+/{}", &sig[2..]);
     let not_object = format!(
         "{}.{}.c2ln",
         b64(&json!({"alg": "ES256", "kid": "ec-1"})),

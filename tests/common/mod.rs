@@ -424,9 +424,9 @@ pub struct World<'a> {
     pub jwks_port: u16,
 }
 
-/// An Envoy bootstrap: one mTLS listener (`mtls`; client certificate optional, validated against
-/// the test CA when presented) with meshguard in front of the echo upstream, and an `idp`
-/// cluster for the JWKS. `plugin` is the plugin configuration as `google.protobuf.StringValue`
+/// An Envoy bootstrap: an mTLS listener (`mtls`; client certificate optional, validated against
+/// the test CA when presented) and a plaintext listener (`plain`), both with meshguard in front of
+/// the echo upstream, and an `idp` cluster for the JWKS. `plugin` is the plugin configuration as `google.protobuf.StringValue`
 /// JSON (or, with `as_struct`, as a `google.protobuf.Struct`).
 pub fn bootstrap(world: &World<'_>, plugin: &Value, as_struct: bool) -> String {
     let configuration = if as_struct {
@@ -440,25 +440,8 @@ pub fn bootstrap(world: &World<'_>, plugin: &Value, as_struct: bool) -> String {
             serde_json::to_string(&plugin.to_string()).unwrap()
         )
     };
-    format!(
+    let hcm = format!(
         r#"
-static_resources:
-  listeners:
-  - name: mtls
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: false
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{filename: {server_cert}}}
-              private_key: {{filename: {server_key}}}
-            validation_context:
-              trusted_ca: {{filename: {ca}}}
-      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -485,7 +468,32 @@ static_resources:
                   code: {{local: {{filename: {wasm}}}}}
           - name: envoy.filters.http.router
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
+        wasm = wasm_path().display(),
+    );
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: mtls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: false
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: {server_cert}}}
+              private_key: {{filename: {server_key}}}
+            validation_context:
+              trusted_ca: {{filename: {ca}}}
+      filters:{hcm}
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:{hcm}
   clusters:
   - name: upstream
     type: STATIC
@@ -505,7 +513,6 @@ admin:
         server_cert = world.pki.server_cert.display(),
         server_key = world.pki.server_key.display(),
         ca = world.pki.ca_file.display(),
-        wasm = wasm_path().display(),
         upstream = world.upstream_port,
         jwks = world.jwks_port,
     )
@@ -715,7 +722,8 @@ impl Response {
 
 pub struct Client {
     pub port: u16,
-    config: Arc<rustls::ClientConfig>,
+    /// `None`: plaintext HTTP.
+    config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -743,8 +751,13 @@ impl Client {
         };
         Client {
             port,
-            config: Arc::new(config),
+            config: Some(Arc::new(config)),
         }
+    }
+
+    /// Plaintext HTTP/1.1 (no TLS at all).
+    pub fn plain(port: u16) -> Client {
+        Client { port, config: None }
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -766,10 +779,15 @@ impl Client {
     ) -> Result<Response, String> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let conn =
-            rustls::ClientConnection::new(self.config.clone(), "localhost".try_into().unwrap())
-                .map_err(|e| e.to_string())?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut stream: Box<dyn ReadWrite> = match &self.config {
+            Some(config) => {
+                let conn =
+                    rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap())
+                        .map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+            None => Box::new(tcp),
+        };
         let mut req =
             format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n")
                 .into_bytes();
@@ -780,17 +798,57 @@ impl Client {
             req.extend_from_slice(b"\r\n");
         }
         req.extend_from_slice(b"\r\n");
-        tls.write_all(&req).map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        match tls.read_to_end(&mut buf) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-            Err(e) => return Err(e.to_string()),
-        }
+        stream.write_all(&req).map_err(|e| e.to_string())?;
+        let buf = read_response(&mut stream).map_err(|e| e.to_string())?;
         parse_response(&buf)
             .ok_or_else(|| format!("unparseable response: {}", String::from_utf8_lossy(&buf)))
     }
 }
+
+/// Reads one response: up to its Content-Length, or the last chunk, or the end of the stream.
+/// (Waiting for the server to close would cost Envoy's 1 s delayed-close timeout per request.)
+fn read_response(stream: &mut dyn ReadWrite) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = response_end(&buf) {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {
+                return Ok(buf)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where the response in `buf` ends, once it is complete.
+fn response_end(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+        return (buf.len() >= head_end + len).then_some(head_end + len);
+    }
+    if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        let body = &buf[head_end..];
+        return body
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .map(|i| head_end + i + 5);
+    }
+    None
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn parse_response(buf: &[u8]) -> Option<Response> {
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -960,4 +1018,20 @@ pub fn example_dir(tag: &str) -> (PathBuf, Pki) {
     let pki = Pki::new(&pki_dir);
     std::os::unix::fs::symlink(wasm_path(), dir.join("meshguard.wasm")).unwrap();
     (dir, pki)
+}
+
+/// Starts a shipped example (ports 10443/9901 → picked by Envoy, 8080 → `upstream`,
+/// 8081 → `jwks`) with 2 workers.
+pub fn start_shipped(relative: &str, tag: &str, upstream: u16, jwks: u16) -> (Envoy, Pki, Shipped) {
+    let (dir, pki) = example_dir(tag);
+    let shipped = Shipped::load(relative);
+    let ports: HashMap<u64, u64> = [
+        (10443, 0),
+        (9901, 0),
+        (8080, u64::from(upstream)),
+        (8081, u64::from(jwks)),
+    ]
+    .into();
+    let envoy = Envoy::start(&shipped.runnable(&dir, &ports), 2);
+    (envoy, pki, shipped)
 }
