@@ -7,12 +7,14 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod ratelimits;
 mod routes;
 
 use crate::identity::PeerField;
 use crate::jwt::jwks::{JwksError, KeySet};
 use crate::jwt::Algorithm;
 use crate::policy::Policy;
+use crate::ratelimit::RateLimits;
 
 /// A configuration problem, with the path of the field that caused it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -44,6 +46,7 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_JWKS_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_PROVIDERS: usize = 16;
+pub const DEFAULT_ROLES_CLAIM: &str = "roles";
 
 // ---------------------------------------------------------------------------------------------
 // Raw, as written by the user.
@@ -71,6 +74,8 @@ struct RawConfig {
     roles_claim: Option<String>,
     #[serde(default)]
     case_sensitive_paths: bool,
+    #[serde(default)]
+    rate_limits: Option<ratelimits::RawRateLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +164,8 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Routes and what they require.
     pub policy: Policy,
+    /// Rate-limit policies, when configured.
+    pub rate_limits: Option<RateLimits>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,16 +418,25 @@ impl TryFrom<RawConfig> for Config {
             .map(|p| p.max_token_bytes)
             .max()
             .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        let roles_claim = raw
+            .roles_claim
+            .unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_string());
+        let roles_claim = claim_path("rolesClaim", &roles_claim)?;
+        let rate_limits = raw
+            .rate_limits
+            .map(|r| ratelimits::rate_limits(r, roles_claim.clone()))
+            .transpose()?;
         let policy = routes::policy(
             routes::RawPolicy {
                 routes: raw.routes,
                 default_action: raw.default_action,
                 default_deny_status: raw.default_deny_status,
                 mode: raw.mode,
-                roles_claim: raw.roles_claim,
+                roles_claim,
                 case_sensitive_paths: raw.case_sensitive_paths,
             },
             &providers,
+            rate_limits.as_ref(),
         )?;
         Ok(Config {
             realm,
@@ -431,6 +447,7 @@ impl TryFrom<RawConfig> for Config {
             token_sources,
             max_token_bytes,
             policy,
+            rate_limits,
         })
     }
 }

@@ -15,6 +15,19 @@ pub enum Reason {
     InvalidToken(TokenError),
     /// Authenticated (or no token needed), but not allowed here.
     Forbidden(Forbidden),
+    /// RFC 6585 429.
+    RateLimited(RateLimited),
+}
+
+/// Why a request was throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimited {
+    /// A policy's bucket is empty.
+    Limit,
+    /// The source spent its failed-authentication budget: refused before any signature work.
+    FailedAuth,
+    /// The bucket could not be updated (CAS retries exhausted) and `onContention` is `deny`.
+    Contention,
 }
 
 /// Authorization refusals.
@@ -65,6 +78,7 @@ impl Reason {
             Reason::InvalidRequest(_) => 400,
             Reason::Forbidden(Forbidden::NotFound) => 404,
             Reason::Forbidden(_) => 403,
+            Reason::RateLimited(_) => 429,
         }
     }
 
@@ -78,7 +92,7 @@ impl Reason {
                     | Forbidden::PeerNotAllowed
                     | Forbidden::NoRoute
                     | Forbidden::NotFound
-            )
+            ) | Reason::RateLimited(_)
         )
     }
 
@@ -93,6 +107,7 @@ impl Reason {
             ) => Some("insufficient_scope"),
             Reason::Forbidden(Forbidden::NotFound) => Some("not_found"),
             Reason::Forbidden(_) => Some("access_denied"),
+            Reason::RateLimited(_) => Some("rate_limited"),
         }
     }
 
@@ -102,6 +117,8 @@ impl Reason {
             Reason::InvalidRequest(e) => e.description(),
             Reason::InvalidToken(e) => e.description(),
             Reason::Forbidden(f) => f.description(),
+            Reason::RateLimited(RateLimited::FailedAuth) => "too many failed authentications",
+            Reason::RateLimited(_) => "rate limit exceeded",
         }
     }
 
@@ -112,6 +129,9 @@ impl Reason {
             Reason::InvalidRequest(e) => format!("invalid_request.{}", e.code()),
             Reason::InvalidToken(e) => format!("invalid_token.{}", e.code()),
             Reason::Forbidden(f) => f.code().to_string(),
+            Reason::RateLimited(RateLimited::Limit) => "rate_limited".to_string(),
+            Reason::RateLimited(RateLimited::FailedAuth) => "rate_limited.failed_auth".to_string(),
+            Reason::RateLimited(RateLimited::Contention) => "rate_limited.contention".to_string(),
         }
     }
 }
@@ -133,6 +153,8 @@ pub struct Forward {
     pub set_headers: Vec<(String, String)>,
     /// In dry-run mode: the answer enforcement would have given (log it, count it, forward).
     pub dry_run: Option<LocalReply>,
+    /// Set on the upstream's response (remaining-quota headers).
+    pub response_headers: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

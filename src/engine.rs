@@ -1,38 +1,102 @@
 //! The request pipeline: one call per request, from plain inputs to one [`Decision`].
 //!
-//! normalise path → route (first match wins) → authenticate (credential → provider → key →
-//! signature → claims → certificate binding) → [rate limit: next] → authorize (peer, issuer,
-//! scopes, roles, claims) → upstream headers. In dry-run mode a refusal is recorded in the
-//! decision and the request goes on.
+//! normalise path → route (first match wins) → authenticate (failed-auth guard → credential →
+//! provider → key → signature → claims → certificate binding) → rate limit by identity →
+//! authorize (peer, issuer, scopes, roles, claims) → upstream headers. In dry-run mode a refusal
+//! is recorded in the decision and the request goes on.
 
 use serde_json::Value;
 
 use crate::config::{Config, TokenSource};
-use crate::decision::{Decision, Forbidden, Forward, LocalReply, Reason};
+use crate::decision::{Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
+use crate::identity::Peer;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
 use crate::jwt::verify::{check_binding, verify, KeyLookup, VerifiedToken};
 use crate::jwt::TokenError;
 use crate::policy::path::normalize;
 use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
+use crate::ratelimit::store::{charge, peek_exhausted, BucketStore, Charge};
+use crate::ratelimit::{
+    identity_hash, slot_key, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, Verdict,
+};
 use crate::request::RequestView;
 
 /// Validated configuration plus the pipeline over it. Built once per configuration.
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub config: Config,
+    /// The plugin's name: the prefix of its shared-data keys.
+    pub plugin: String,
 }
 
-/// A refusal before it becomes an answer: the reason and, for `insufficient_scope`, the scopes.
-type Refusal = (Reason, Option<String>);
+/// What the host needs besides the request: keys, the bucket store, the clock.
+pub struct Inputs<'a> {
+    pub keys: &'a dyn KeyLookup,
+    pub buckets: &'a dyn BucketStore,
+    /// Wall clock, ns since the Unix epoch.
+    pub now_ns: u64,
+}
+
+/// Things that happened while deciding, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Bucket updates that ran out of CAS attempts.
+    pub cas_contention: u32,
+    /// Charges that landed on a slot another identity was using.
+    pub shared_slots: u32,
+}
+
+/// A refusal before it becomes an answer.
+#[derive(Debug)]
+struct Refusal {
+    reason: Reason,
+    /// For `insufficient_scope`: the scopes the route needs.
+    scope: Option<String>,
+    /// Extra answer headers (rate-limit headers).
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    fn new(reason: Reason) -> Refusal {
+        Refusal {
+            reason,
+            scope: None,
+            headers: Vec::new(),
+        }
+    }
+}
 
 impl Engine {
-    pub fn new(config: Config) -> Engine {
-        Engine { config }
+    pub fn new(config: Config, plugin: &str) -> Engine {
+        Engine {
+            config,
+            plugin: plugin.to_string(),
+        }
     }
 
-    /// Decides one request. `now_ms` is the host's wall clock in milliseconds.
-    pub fn decide(&self, req: &RequestView<'_>, keys: &dyn KeyLookup, now_ms: u64) -> Decision {
+    /// Every shared-data key of every rate-limit slot (the host creates them once: Envoy can only
+    /// compare-and-swap keys that exist).
+    pub fn slot_keys(&self) -> Vec<String> {
+        let Some(rl) = &self.config.rate_limits else {
+            return Vec::new();
+        };
+        rl.limits
+            .iter()
+            .flat_map(|l| {
+                (0..l.slots)
+                    .map(move |slot| format!("meshguard/{}/rl/{}/{slot}", self.plugin, l.name))
+            })
+            .collect()
+    }
+
+    /// Decides one request.
+    pub fn decide(
+        &self,
+        req: &RequestView<'_>,
+        inputs: &Inputs<'_>,
+        events: &mut Events,
+    ) -> Decision {
         let cfg = &self.config;
         let policy = &cfg.policy;
         let mut fwd = Forward {
@@ -46,7 +110,7 @@ impl Engine {
         }
 
         let Ok(path) = normalize(req.path, policy.case_sensitive_paths) else {
-            let refusal = (Reason::InvalidRequest(RequestError::InvalidPath), None);
+            let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
             return self.finish(fwd, Err(refusal), None, policy.mode);
         };
         let host = req.header(":authority").unwrap_or_default();
@@ -55,13 +119,13 @@ impl Engine {
             let result = match policy.unmatched {
                 Unmatched::Allow => Ok(()),
                 Unmatched::Deny { status: 404 } => {
-                    Err((Reason::Forbidden(Forbidden::NotFound), None))
+                    Err(Refusal::new(Reason::Forbidden(Forbidden::NotFound)))
                 }
-                Unmatched::Deny { .. } => Err((Reason::Forbidden(Forbidden::NoRoute), None)),
+                Unmatched::Deny { .. } => Err(Refusal::new(Reason::Forbidden(Forbidden::NoRoute))),
             };
             return self.finish(fwd, result, None, policy.mode);
         };
-        let result = self.authorize(req, keys, now_ms, route, &mut fwd);
+        let result = self.authorize(req, inputs, route, &mut fwd, events);
         self.finish(fwd, result, Some(route), route.mode.unwrap_or(policy.mode))
     }
 
@@ -72,10 +136,12 @@ impl Engine {
         route: Option<&Route>,
         mode: Mode,
     ) -> Decision {
-        let Err((reason, scope)) = result else {
+        let Err(refusal) = result else {
             return Decision::Allow(fwd);
         };
-        let mut reply = LocalReply::new(reason, &self.config.realm, scope.as_deref());
+        let mut reply =
+            LocalReply::new(refusal.reason, &self.config.realm, refusal.scope.as_deref());
+        reply.headers.extend(refusal.headers);
         reply.route = route.map(|r| r.name.clone());
         match mode {
             Mode::Enforce => Decision::Deny(reply),
@@ -86,81 +152,213 @@ impl Engine {
         }
     }
 
-    /// Authentication as the route asks, then the route's requirements.
+    /// Authentication as the route asks, rate limits, then the route's requirements.
     fn authorize(
         &self,
         req: &RequestView<'_>,
-        keys: &dyn KeyLookup,
-        now_ms: u64,
+        inputs: &Inputs<'_>,
         route: &Route,
         fwd: &mut Forward,
+        events: &mut Events,
     ) -> Result<(), Refusal> {
         let claims = match route.token {
             TokenUse::None => None,
             TokenUse::Required | TokenUse::Optional => {
-                match self.authenticate(req, keys, now_ms, fwd)? {
+                match self.authenticate(req, inputs, fwd, events)? {
                     Some(claims) => Some(claims),
                     None if route.token == TokenUse::Required => {
-                        return Err((Reason::MissingToken, None))
+                        return Err(Refusal::new(Reason::MissingToken))
                     }
                     None => None,
                 }
             }
         };
+        if let Some(rl) = &self.config.rate_limits {
+            self.rate_limit(rl, req.peer, claims.as_ref(), route, inputs, fwd, events)?;
+        }
         route
             .require
             .check(claims.as_ref(), req.peer)
             .map_err(|d| match d {
-                Denial::TokenRequired => (Reason::MissingToken, None),
-                Denial::InsufficientScope(scope) => {
-                    (Reason::Forbidden(Forbidden::InsufficientScope), Some(scope))
-                }
+                Denial::TokenRequired => Refusal::new(Reason::MissingToken),
+                Denial::InsufficientScope(scope) => Refusal {
+                    scope: Some(scope),
+                    ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
+                },
                 Denial::InsufficientPermissions => {
-                    (Reason::Forbidden(Forbidden::InsufficientPermissions), None)
+                    Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
                 }
-                Denial::MtlsRequired => (Reason::Forbidden(Forbidden::MtlsRequired), None),
-                Denial::PeerNotAllowed => (Reason::Forbidden(Forbidden::PeerNotAllowed), None),
+                Denial::MtlsRequired => Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired)),
+                Denial::PeerNotAllowed => {
+                    Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
+                }
             })
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
-    /// credentials.
+    /// credentials. With a failed-authentication budget, a source that spent it is refused before
+    /// any signature work, and each failure spends one.
     fn authenticate(
         &self,
         req: &RequestView<'_>,
-        keys: &dyn KeyLookup,
-        now_ms: u64,
+        inputs: &Inputs<'_>,
         fwd: &mut Forward,
+        events: &mut Events,
     ) -> Result<Option<Claims>, Refusal> {
         let cfg = &self.config;
-        let invalid = |e| (Reason::InvalidToken(e), None);
-        let Some(credential) =
-            extract(req, &cfg.token_sources).map_err(|e| (Reason::InvalidRequest(e), None))?
+        let Some(credential) = extract(req, &cfg.token_sources)
+            .map_err(|e| Refusal::new(Reason::InvalidRequest(e)))?
         else {
             return Ok(None);
         };
+        let guard = cfg.rate_limits.as_ref().and_then(|rl| {
+            let limit = rl.limits.get(rl.failed_auth?)?;
+            let hash = identity_hash(&source_ip_identity(req.peer));
+            Some((limit, slot_key(&self.plugin, limit, hash), hash))
+        });
+        if let Some((limit, key, _)) = &guard {
+            if let Some(v) = peek_exhausted(inputs.buckets, key, limit, inputs.now_ns) {
+                return Err(Refusal {
+                    headers: limit_headers(limit, &v, true),
+                    ..Refusal::new(Reason::RateLimited(RateLimited::FailedAuth))
+                });
+            }
+        }
+        let result = self.verify_credential(req, inputs, &credential.token, &credential.sources);
+        let verified = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some((limit, key, hash)) = &guard {
+                    if e != TokenError::KeysUnavailable {
+                        let spent = charge(inputs.buckets, key, limit, 1, inputs.now_ns, *hash);
+                        if spent == Charge::Contended {
+                            events.cas_contention += 1;
+                        }
+                    }
+                }
+                return Err(Refusal::new(Reason::InvalidToken(e)));
+            }
+        };
+        self.identity_headers(&verified, &credential.sources, fwd);
+        Ok(Some(verified.claims))
+    }
+
+    fn verify_credential(
+        &self,
+        req: &RequestView<'_>,
+        inputs: &Inputs<'_>,
+        token: &str,
+        sources: &[usize],
+    ) -> Result<VerifiedToken, TokenError> {
+        let cfg = &self.config;
         // A cheap bound before any decoding; each provider applies its own after.
-        if credential.token.len() > cfg.max_token_bytes {
-            return Err(invalid(TokenError::TooLarge));
+        if token.len() > cfg.max_token_bytes {
+            return Err(TokenError::TooLarge);
         }
         let verified = verify(
-            &credential.token,
-            &credential.sources,
+            token,
+            sources,
             &cfg.providers,
-            keys,
-            now_ms / 1000,
-        )
-        .map_err(invalid)?;
-        let provider = cfg.providers.get(verified.provider);
-        let required = provider.is_some_and(|p| p.require_certificate_binding);
+            inputs.keys,
+            inputs.now_ns / 1_000_000_000,
+        )?;
+        let required = cfg
+            .providers
+            .get(verified.provider)
+            .is_some_and(|p| p.require_certificate_binding);
         let peer_digest = req
             .peer
             .certificate_sha256
             .as_deref()
             .filter(|_| req.peer.mtls);
-        check_binding(&verified.claims, required, peer_digest).map_err(invalid)?;
-        self.identity_headers(&verified, &credential.sources, fwd);
-        Ok(Some(verified.claims))
+        check_binding(&verified.claims, required, peer_digest)?;
+        Ok(verified)
+    }
+
+    /// Charges the global limits and the route's limits, in order, stopping at the first that
+    /// refuses. Exempt callers are not charged.
+    #[allow(clippy::too_many_arguments)]
+    fn rate_limit(
+        &self,
+        rl: &RateLimits,
+        peer: &Peer,
+        claims: Option<&Claims>,
+        route: &Route,
+        inputs: &Inputs<'_>,
+        fwd: &mut Forward,
+        events: &mut Events,
+    ) -> Result<(), Refusal> {
+        if is_exempt(rl, peer, claims) {
+            return Ok(());
+        }
+        let mut charges: Vec<(&Limit, u64)> = rl
+            .global
+            .iter()
+            .filter_map(|i| rl.limits.get(*i))
+            .map(|l| (l, 1))
+            .collect();
+        for r in &route.rate_limits {
+            let index = match &r.choice {
+                LimitChoice::Fixed(i) => *i,
+                LimitChoice::Tier {
+                    claim,
+                    by_value,
+                    default,
+                } => {
+                    let value = claims
+                        .and_then(|c| c.get_path(claim))
+                        .and_then(Value::as_str);
+                    by_value
+                        .iter()
+                        .find(|(v, _)| Some(v.as_str()) == value)
+                        .map_or(*default, |(_, i)| *i)
+                }
+            };
+            if let Some(limit) = rl.limits.get(index) {
+                charges.push((limit, r.cost));
+            }
+        }
+        let mut tightest: Option<(&Limit, Verdict)> = None;
+        for (limit, cost) in charges {
+            let identity = match limit.key {
+                KeyKind::Global => "global".to_string(),
+                KeyKind::SourceIp => source_ip_identity(peer),
+                KeyKind::Identity => identity(rl, peer, claims),
+            };
+            let hash = identity_hash(&identity);
+            let key = slot_key(&self.plugin, limit, hash);
+            match charge(inputs.buckets, &key, limit, cost, inputs.now_ns, hash) {
+                Charge::Done { verdict, shared } => {
+                    if shared {
+                        events.shared_slots += 1;
+                    }
+                    if !verdict.allowed {
+                        return Err(Refusal {
+                            headers: limit_headers(limit, &verdict, true),
+                            ..Refusal::new(Reason::RateLimited(RateLimited::Limit))
+                        });
+                    }
+                    if tightest.is_none_or(|(_, t)| verdict.remaining < t.remaining) {
+                        tightest = Some((limit, verdict));
+                    }
+                }
+                Charge::Contended => {
+                    events.cas_contention += 1;
+                    if rl.deny_on_contention {
+                        return Err(Refusal {
+                            headers: vec![("retry-after", "1".to_string())],
+                            ..Refusal::new(Reason::RateLimited(RateLimited::Contention))
+                        });
+                    }
+                }
+            }
+        }
+        if rl.response_headers {
+            if let Some((limit, verdict)) = tightest {
+                fwd.response_headers = limit_headers(limit, &verdict, false);
+            }
+        }
+        Ok(())
     }
 
     /// Upstream header changes for an authenticated request.
@@ -191,6 +389,99 @@ impl Engine {
             fwd.set_headers.push((cfg.principal_header.clone(), p));
         }
     }
+}
+
+/// The caller's rate-limit identity: the first configured source that is available, else the
+/// source IP. Prefixed by kind so that different kinds never share a bucket by accident.
+fn identity(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> String {
+    let iss = claims.and_then(|c| c.iss.as_deref()).unwrap_or_default();
+    let claim_str = |name: &str| claims.and_then(|c| c.all.get(name)).and_then(Value::as_str);
+    for source in &rl.identity {
+        let found = match source {
+            IdentitySource::ClientId => claim_str("client_id")
+                .or_else(|| claim_str("azp"))
+                .map(|v| format!("client:{iss}|{v}")),
+            IdentitySource::Subject => claim_str("sub").map(|v| format!("sub:{iss}|{v}")),
+            IdentitySource::Claim(path) => claims
+                .and_then(|c| c.get_path(path))
+                .and_then(claim_header_value)
+                .map(|v| format!("claim:{}:{iss}|{v}", path.join("."))),
+            IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
+            IdentitySource::CertificateSha256 => peer
+                .certificate_sha256
+                .as_ref()
+                .filter(|_| peer.mtls)
+                .map(|d| format!("cert:{d}")),
+            IdentitySource::SourceIp => Some(source_ip_identity(peer)),
+        };
+        if let Some(id) = found {
+            return id;
+        }
+    }
+    source_ip_identity(peer)
+}
+
+/// `ip:<address without port>`.
+fn source_ip_identity(peer: &Peer) -> String {
+    let addr = peer.source_address.as_deref().unwrap_or("unknown");
+    let ip = match addr.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => {
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => addr,
+    };
+    format!("ip:{ip}")
+}
+
+fn is_exempt(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> bool {
+    if !rl.exempt_roles.is_empty() {
+        let roles = claims.and_then(|c| c.get_path(&rl.exempt_roles_claim));
+        let has = |r: &String| match roles {
+            Some(Value::String(s)) => s == r,
+            Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(r.as_str())),
+            _ => false,
+        };
+        if rl.exempt_roles.iter().any(has) {
+            return true;
+        }
+    }
+    !rl.exempt_principals.is_empty()
+        && peer
+            .spiffe()
+            .is_some_and(|id| rl.exempt_principals.iter().any(|p| p.matches(&id.uri)))
+}
+
+/// RateLimit-Policy / RateLimit (draft-ietf-httpapi-ratelimit-headers, structured fields), the
+/// legacy X-RateLimit-* trio, and Retry-After (whole seconds, at least 1) when refused.
+pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static str, String)> {
+    let secs = |ns: u64| ns.div_ceil(1_000_000_000);
+    let mut h = vec![
+        (
+            "ratelimit-policy",
+            format!(
+                "\"{}\";q={};w={}",
+                limit.name,
+                limit.requests,
+                limit.window_seconds()
+            ),
+        ),
+        (
+            "ratelimit",
+            format!(
+                "\"{}\";r={};t={}",
+                limit.name,
+                v.remaining,
+                secs(v.reset_ns)
+            ),
+        ),
+        ("x-ratelimit-limit", limit.requests.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", secs(v.reset_ns).to_string()),
+    ];
+    if refused {
+        h.push(("retry-after", secs(v.retry_after_ns).max(1).to_string()));
+    }
+    h
 }
 
 /// Istio's `request.auth.principal`: `<iss>/<sub>`.

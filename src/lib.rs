@@ -25,6 +25,7 @@ pub mod identity;
 pub mod jwks_sync;
 pub mod jwt;
 pub mod policy;
+pub mod ratelimit;
 pub mod request;
 
 #[cfg(test)]

@@ -157,3 +157,40 @@ pub fn rewrite_header(token: &str, edit: impl FnOnce(&mut Value)) -> String {
     edit(&mut header);
     format!("{}.{rest}", b64(&header.to_string()))
 }
+
+/// An in-memory compare-and-swap store with every slot of `engine` created.
+pub struct MemStore(std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>);
+
+impl MemStore {
+    pub fn for_engine(engine: &crate::engine::Engine) -> MemStore {
+        MemStore(std::cell::RefCell::new(
+            engine
+                .slot_keys()
+                .into_iter()
+                .map(|k| (k, (Vec::new(), 1)))
+                .collect(),
+        ))
+    }
+}
+
+impl crate::ratelimit::store::BucketStore for MemStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.borrow().get(key).cloned()
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: u32,
+    ) -> Result<(), crate::ratelimit::store::CasMismatch> {
+        let mut map = self.0.borrow_mut();
+        match map.get_mut(key) {
+            Some(entry) if entry.1 == cas => {
+                *entry = (value.to_vec(), cas + 1);
+                Ok(())
+            }
+            _ => Err(crate::ratelimit::store::CasMismatch),
+        }
+    }
+}

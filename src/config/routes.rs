@@ -11,9 +11,9 @@ use crate::policy::{
     ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, PrincipalPattern,
     Requirements, RoleRequirement, Route, TokenUse, Unmatched,
 };
+use crate::ratelimit::RateLimits;
 
 pub const MAX_ROUTES: usize = 256;
-pub const DEFAULT_ROLES_CLAIM: &str = "roles";
 
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
@@ -50,6 +50,8 @@ pub(super) struct RawRoute {
     mode: Option<RawMode>,
     #[serde(default)]
     require: RawRequire,
+    #[serde(default)]
+    rate_limit: Vec<super::ratelimits::RawRouteLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,7 +123,7 @@ pub(super) struct RawPolicy {
     pub default_action: Option<RawAction>,
     pub default_deny_status: Option<u16>,
     pub mode: Option<RawMode>,
-    pub roles_claim: Option<String>,
+    pub roles_claim: Vec<String>,
     pub case_sensitive_paths: bool,
 }
 
@@ -132,7 +134,11 @@ fn mode(m: RawMode) -> Mode {
     }
 }
 
-pub(super) fn policy(raw: RawPolicy, providers: &[Provider]) -> Result<Policy, ConfigError> {
+pub(super) fn policy(
+    raw: RawPolicy,
+    providers: &[Provider],
+    limits: Option<&RateLimits>,
+) -> Result<Policy, ConfigError> {
     let case_sensitive = raw.case_sensitive_paths;
     let status = raw.default_deny_status.unwrap_or(403);
     if status != 403 && status != 404 {
@@ -142,10 +148,7 @@ pub(super) fn policy(raw: RawPolicy, providers: &[Provider]) -> Result<Policy, C
         RawAction::Allow => Unmatched::Allow,
         RawAction::Deny => Unmatched::Deny { status },
     };
-    let roles_claim = raw
-        .roles_claim
-        .unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_string());
-    let roles_claim = claim_path("rolesClaim", &roles_claim)?;
+    let roles_claim = raw.roles_claim;
     let routes = match raw.routes {
         // No routes: authentication only, a valid token required everywhere.
         None => vec![Route {
@@ -156,6 +159,7 @@ pub(super) fn policy(raw: RawPolicy, providers: &[Provider]) -> Result<Policy, C
             token: TokenUse::Required,
             mode: None,
             require: Requirements::default(),
+            rate_limits: Vec::new(),
         }],
         Some(list) => {
             if list.len() > MAX_ROUTES {
@@ -166,7 +170,7 @@ pub(super) fn policy(raw: RawPolicy, providers: &[Provider]) -> Result<Policy, C
             }
             list.into_iter()
                 .enumerate()
-                .map(|(i, r)| route(i, r, providers, &roles_claim, case_sensitive))
+                .map(|(i, r)| route(i, r, providers, limits, &roles_claim, case_sensitive))
                 .collect::<Result<_, _>>()?
         }
     };
@@ -182,6 +186,7 @@ fn route(
     i: usize,
     r: RawRoute,
     providers: &[Provider],
+    limits: Option<&RateLimits>,
     roles_claim: &[String],
     case_sensitive: bool,
 ) -> Result<Route, ConfigError> {
@@ -260,6 +265,7 @@ fn route(
             "is none, but require lists scopes, roles, claims or issuers",
         ));
     }
+    let rate_limits = super::ratelimits::route_limits(&at("rateLimit"), r.rate_limit, limits)?;
     Ok(Route {
         name,
         hosts,
@@ -268,6 +274,7 @@ fn route(
         token,
         mode: r.mode.map(mode),
         require,
+        rate_limits,
     })
 }
 
@@ -412,7 +419,7 @@ fn requirements(
 }
 
 /// `spiffe://td/ns/x/sa/*` or Istio's `td/ns/x/sa/*`; `*` alone matches any SPIFFE ID.
-fn principal(at: &str, s: &str) -> Result<PrincipalPattern, ConfigError> {
+pub(super) fn principal(at: &str, s: &str) -> Result<PrincipalPattern, ConfigError> {
     if s == "*" {
         return Ok(PrincipalPattern {
             segments: Vec::new(),

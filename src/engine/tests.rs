@@ -41,7 +41,18 @@ fn engine(
             KeySource::Remote(_) => None,
         })
         .collect();
-    (Engine::new(config), Inline(sets))
+    (Engine::new(config, "test"), Inline(sets))
+}
+
+/// Decides with the inline keys, a fresh bucket store and the fixed clock.
+fn run(e: &(Engine, Inline), req: &RequestView<'_>) -> Decision {
+    let store = MemStore::for_engine(&e.0);
+    let inputs = Inputs {
+        keys: &e.1,
+        buckets: &store,
+        now_ns: NOW * 1_000_000_000,
+    };
+    e.0.decide(req, &inputs, &mut Events::default())
 }
 
 fn peer() -> Peer {
@@ -63,7 +74,7 @@ fn decide(e: &(Engine, Inline), headers: &[(&str, &str)], peer: &Peer) -> Decisi
         headers: &headers,
         peer,
     };
-    e.0.decide(&req, &e.1, NOW * 1000)
+    run(e, &req)
 }
 
 fn denied(d: Decision) -> LocalReply {
@@ -216,7 +227,7 @@ fn several_providers_each_verify_their_own_issuer() {
             KeySource::Remote(_) => None,
         })
         .collect();
-    let e = (Engine::new(config), Inline(sets));
+    let e = (Engine::new(config, "test"), Inline(sets));
     let ok = format!(
         "Bearer {}",
         b.eddsa(claims(json!({"iss": "https://partner"})))
@@ -273,7 +284,7 @@ fn request(
         headers: &headers,
         peer,
     };
-    e.0.decide(&req, &e.1, NOW * 1000)
+    run(e, &req)
 }
 
 #[test]
@@ -426,4 +437,283 @@ fn certificate_bound_tokens() {
         denied(request(&e, "GET", "/", Some(&odd), &own)).reason,
         Reason::InvalidToken(TokenError::Malformed)
     );
+}
+
+mod rate_limits {
+    use super::*;
+    use crate::decision::RateLimited;
+
+    struct World {
+        engine: Engine,
+        keys: Inline,
+        store: MemStore,
+    }
+
+    fn world(keys: &TestKeys) -> World {
+        let cfg = json!({
+            "rolesClaim": "role",
+            "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks()}],
+            "rateLimits": {
+                "identity": ["clientId", "sub"],
+                "policies": {
+                    "free": {"requests": 60, "per": "1m"},
+                    "paid": {"requests": 600, "per": "1m"},
+                    "login": {"requests": 5, "per": "15m", "key": "sourceIp"},
+                    "forged": {"requests": 10, "per": "1m", "key": "sourceIp", "slots": 64}
+                },
+                "exempt": {"roles": ["admin"]},
+                "failedAuth": {"policy": "forged"},
+                "responseHeaders": true
+            },
+            "routes": [
+                {"name": "login", "match": {"paths": ["/login"]}, "token": "none", "rateLimit": [{"policy": "login"}]},
+                {"name": "search", "match": {"paths": ["/search"]},
+                 "rateLimit": [{"tier": {"claim": "plan", "policies": {"free": "free", "paid": "paid"}, "default": "free"}, "cost": 5}]},
+                {"name": "api", "match": {"pathPrefixes": ["/"]},
+                 "rateLimit": [{"tier": {"claim": "plan", "policies": {"free": "free", "paid": "paid"}, "default": "free"}}]}
+            ]
+        });
+        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let sets = config
+            .providers
+            .iter()
+            .map(|p| match &p.keys {
+                KeySource::Inline(s) => Some(s.clone()),
+                KeySource::Remote(_) => None,
+            })
+            .collect();
+        let engine = Engine::new(config, "t");
+        let store = MemStore::for_engine(&engine);
+        World {
+            engine,
+            keys: Inline(sets),
+            store,
+        }
+    }
+
+    impl World {
+        fn call(&self, path: &str, token: Option<&str>, ip: &str, at_s: u64) -> Decision {
+            let mut headers = vec![(":method".to_string(), b"GET".to_vec())];
+            if let Some(t) = token {
+                headers.push((
+                    "authorization".to_string(),
+                    format!("Bearer {t}").into_bytes(),
+                ));
+            }
+            let peer = Peer {
+                source_address: Some(format!("{ip}:5555")),
+                ..Peer::default()
+            };
+            let req = RequestView {
+                path,
+                headers: &headers,
+                peer: &peer,
+            };
+            let inputs = Inputs {
+                keys: &self.keys,
+                buckets: &self.store,
+                now_ns: at_s * 1_000_000_000,
+            };
+            self.engine.decide(&req, &inputs, &mut Events::default())
+        }
+
+        fn admitted(
+            &self,
+            n: usize,
+            path: &str,
+            token: Option<&str>,
+            ip: &str,
+            at_s: u64,
+        ) -> usize {
+            (0..n)
+                .filter(|_| matches!(self.call(path, token, ip, at_s), Decision::Allow(_)))
+                .count()
+        }
+    }
+
+    fn header<'a>(r: &'a LocalReply, name: &str) -> &'a str {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn login_five_per_fifteen_minutes_per_ip_then_429_with_headers() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        assert_eq!(w.admitted(5, "/login", None, "10.0.0.1", NOW), 5);
+        let r = denied(w.call("/login", None, "10.0.0.1", NOW));
+        assert_eq!(
+            (r.status, r.reason),
+            (429, Reason::RateLimited(RateLimited::Limit))
+        );
+        assert_eq!(
+            header(&r, "retry-after"),
+            "180",
+            "one attempt per 3 minutes refills"
+        );
+        assert_eq!(header(&r, "ratelimit-policy"), "\"login\";q=5;w=900");
+        assert_eq!(header(&r, "ratelimit"), "\"login\";r=0;t=900");
+        assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
+        assert!(r.headers.iter().all(|(n, _)| *n != "www-authenticate"));
+        assert_eq!(
+            w.admitted(5, "/login", None, "10.0.0.2", NOW),
+            5,
+            "another IP is isolated"
+        );
+        assert_eq!(w.admitted(1, "/login", None, "10.0.0.1", NOW + 179), 0);
+        assert_eq!(
+            w.admitted(2, "/login", None, "10.0.0.1", NOW + 180),
+            1,
+            "access returns after Retry-After"
+        );
+    }
+
+    #[test]
+    fn tiers_by_plan_claim_costs_and_admin_exemption() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let free = keys.eddsa(claims(json!({"sub": "f", "plan": "free"})));
+        let paid = keys.eddsa(claims(json!({"sub": "p", "plan": "paid"})));
+        let unknown_plan = keys.eddsa(claims(json!({"sub": "u", "plan": "gold"})));
+        let admin = keys.eddsa(claims(json!({"sub": "a", "role": "admin"})));
+        assert_eq!(w.admitted(100, "/items", Some(&free), "1.1.1.1", NOW), 60);
+        assert_eq!(w.admitted(700, "/items", Some(&paid), "1.1.1.1", NOW), 600);
+        assert_eq!(
+            w.admitted(100, "/items", Some(&unknown_plan), "1.1.1.1", NOW),
+            60,
+            "default tier"
+        );
+        assert_eq!(
+            w.admitted(1000, "/items", Some(&admin), "1.1.1.1", NOW),
+            1000,
+            "exempt"
+        );
+        // Search costs 5: a fresh free user gets 12 searches.
+        let other = keys.eddsa(claims(json!({"sub": "g", "plan": "free"})));
+        assert_eq!(w.admitted(20, "/search", Some(&other), "1.1.1.1", NOW), 12);
+    }
+
+    #[test]
+    fn users_are_isolated_and_allowed_responses_carry_quota_headers() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let alice = keys.eddsa(claims(json!({"sub": "alice"})));
+        let bob = keys.eddsa(claims(json!({"sub": "bob"})));
+        assert_eq!(w.admitted(70, "/x", Some(&alice), "9.9.9.9", NOW), 60);
+        let Decision::Allow(fwd) = w.call("/x", Some(&bob), "9.9.9.9", NOW) else {
+            panic!("bob shares alice's IP, not her bucket")
+        };
+        let h: std::collections::HashMap<_, _> = fwd.response_headers.into_iter().collect();
+        assert_eq!(h["ratelimit"], "\"free\";r=59;t=1");
+        assert_eq!(h["x-ratelimit-limit"], "60");
+    }
+
+    #[test]
+    fn forged_tokens_exhaust_the_source_budget_then_get_429_before_verification() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let forger = TestKeys::new();
+        let forged = forger.eddsa(claims(json!({})));
+        for _ in 0..10 {
+            assert_eq!(
+                denied(w.call("/x", Some(&forged), "6.6.6.6", NOW)).status,
+                401
+            );
+        }
+        let r = denied(w.call("/x", Some(&forged), "6.6.6.6", NOW));
+        assert_eq!(
+            (r.status, r.reason),
+            (429, Reason::RateLimited(RateLimited::FailedAuth))
+        );
+        // Even a valid token from that source waits: nothing is verified until the budget refills.
+        let good = keys.eddsa(claims(json!({})));
+        assert_eq!(
+            denied(w.call("/x", Some(&good), "6.6.6.6", NOW)).status,
+            429
+        );
+        assert!(matches!(
+            w.call("/x", Some(&good), "6.6.6.7", NOW),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            w.call("/x", Some(&good), "6.6.6.6", NOW + 6),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn rate_limit_config_errors_name_the_field() {
+        let keys = TestKeys::new();
+        let base = |rl: serde_json::Value, routes: serde_json::Value| {
+            let cfg = json!({"providers": [{"issuer": ISSUER, "jwks": keys.jwks()}], "rateLimits": rl, "routes": routes});
+            Config::from_json(cfg.to_string().as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let p = |l: serde_json::Value| json!({"policies": {"a": l}});
+        let cases = [
+            (
+                p(json!({"requests": 0, "per": "1s"})),
+                json!([]),
+                "rateLimits.policies.a.requests: must be between 1 and",
+            ),
+            (
+                p(json!({"requests": -5, "per": "1s"})),
+                json!([]),
+                "rateLimits.policies.a.requests: invalid value",
+            ),
+            (
+                p(json!({"requests": 5, "per": "0s"})),
+                json!([]),
+                "rateLimits.policies.a.per: must be between 1s and 7d",
+            ),
+            (
+                p(json!({"requests": 5, "per": "30d"})),
+                json!([]),
+                "rateLimits.policies.a.per: must be between 1s and 7d",
+            ),
+            (
+                p(json!({"requests": 5, "per": "soon"})),
+                json!([]),
+                "rateLimits.policies.a.per: a duration",
+            ),
+            (
+                p(json!({"requests": 5, "per": "1s", "burst": 0})),
+                json!([]),
+                "rateLimits.policies.a.burst: must be between 1",
+            ),
+            (
+                p(json!({"requests": 5, "per": "1s", "slots": 0})),
+                json!([]),
+                "rateLimits.policies.a.slots: must be between 1 and 65536",
+            ),
+            (
+                p(json!({"requests": 5, "per": "1s", "slots": 10000000})),
+                json!([]),
+                "rateLimits.policies.a.slots: must be between 1 and 65536",
+            ),
+            (
+                p(json!({"requests": 5, "per": "1s"})),
+                json!([{"rateLimit": [{"policy": "b"}]}]),
+                "routes[0].rateLimit[0].policy: unknown policy \"b\"",
+            ),
+            (
+                json!({"policies": {"a": {"requests": 5, "per": "1s"}}, "failedAuth": {"policy": "a"}}),
+                json!([]),
+                "rateLimits.failedAuth.policy: must be a policy with key \"sourceIp\"",
+            ),
+            (
+                json!({"policies": {"a": {"requests": 5, "per": "1s"}}, "onContention": "maybe"}),
+                json!([]),
+                "rateLimits.onContention: unknown variant `maybe`",
+            ),
+        ];
+        for (rl, routes, want) in cases {
+            let e = base(rl, routes);
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
 }

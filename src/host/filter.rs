@@ -6,20 +6,27 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::decision::{Decision, LocalReply, Reason};
+use crate::engine::{Events, Inputs};
 use crate::identity::Peer;
 use crate::jwt::TokenError;
 use crate::request::RequestView;
 
+use super::buckets::SharedData;
 use super::root::Worker;
-use super::{log, now_ms};
+use super::{log, now_ns};
 
 pub struct Filter {
     worker: Rc<Worker>,
+    /// Headers to add to the upstream's response (remaining quota).
+    response_headers: Vec<(&'static str, String)>,
 }
 
 impl Filter {
     pub fn new(worker: Rc<Worker>) -> Filter {
-        Filter { worker }
+        Filter {
+            worker,
+            response_headers: Vec::new(),
+        }
     }
 
     fn property_string(&self, path: Vec<&str>) -> Option<String> {
@@ -51,15 +58,30 @@ impl Filter {
         }
     }
 
-    fn decide(&self, req: &RequestView<'_>, now: u64) -> Decision {
+    fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> Decision {
         let keys = self.worker.keys.borrow();
-        self.worker.engine.decide(req, &*keys, now)
+        let inputs = Inputs {
+            keys: &*keys,
+            buckets: &SharedData,
+            now_ns,
+        };
+        let mut events = Events::default();
+        let decision = self.worker.engine.decide(req, &inputs, &mut events);
+        self.worker.metrics.record(&events);
+        decision
     }
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = self.get_http_request_headers_bytes();
         let path = headers
@@ -69,7 +91,7 @@ impl HttpContext for Filter {
             .unwrap_or("/")
             .to_string();
         let peer = self.peer();
-        let now = now_ms(self.get_current_time());
+        let now = now_ns(self.get_current_time());
         let req = RequestView {
             path: &path,
             headers: &headers,
@@ -106,6 +128,7 @@ impl HttpContext for Filter {
                 for (name, value) in &fwd.set_headers {
                     self.set_http_request_header(name, Some(value));
                 }
+                self.response_headers = fwd.response_headers;
                 Action::Continue
             }
             Decision::Deny(reply) => {

@@ -5,8 +5,12 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::engine::Events;
+
 pub struct Metrics {
     dry_run_would_deny: Option<u32>,
+    cas_contention: Option<u32>,
+    rate_limit_slot_shared: Option<u32>,
 }
 
 impl Metrics {
@@ -17,12 +21,23 @@ impl Metrics {
         };
         Metrics {
             dry_run_would_deny: counter("dry_run_would_deny"),
+            cas_contention: counter("cas_contention"),
+            rate_limit_slot_shared: counter("rate_limit_slot_shared"),
         }
     }
 
+    pub fn record(&self, events: &Events) {
+        add(self.cas_contention, events.cas_contention);
+        add(self.rate_limit_slot_shared, events.shared_slots);
+    }
+
     pub fn dry_run_would_deny(&self) {
-        if let Some(id) = self.dry_run_would_deny {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        add(self.dry_run_would_deny, 1);
+    }
+}
+
+fn add(id: Option<u32>, n: u32) {
+    if let (Some(id), true) = (id, n > 0) {
+        let _ = hostcalls::increment_metric(id, i64::from(n));
     }
 }

@@ -5,7 +5,9 @@
 //! - [`filter`]: one HTTP context per request: read → `Engine::decide` → apply.
 //! - [`keys`]: the worker's key sets, kept in step with the JWKS in Envoy shared data.
 //! - [`metrics`]: counters in Envoy's stats.
+//! - [`buckets`]: rate-limit buckets in shared data.
 
+mod buckets;
 mod filter;
 mod keys;
 mod metrics;
@@ -29,4 +31,10 @@ fn now_ms(t: std::time::SystemTime) -> u64 {
 
 fn log(level: LogLevel, message: &str) {
     let _ = proxy_wasm::hostcalls::log(level, message);
+}
+
+/// Nanoseconds since the Unix epoch from the host's clock.
+fn now_ns(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

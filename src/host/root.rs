@@ -16,6 +16,7 @@ use crate::engine::Engine;
 use crate::jwks_sync::{JwksMeta, Lease, SharedKeys};
 use crate::jwt::jwks::{KeySet, MAX_JWKS_BYTES};
 
+use super::buckets::create_slots;
 use super::filter::Filter;
 use super::keys::{read_meta, WorkerKeys};
 use super::metrics::Metrics;
@@ -167,8 +168,10 @@ impl RootContext for Root {
             }
         }
         let metrics = Metrics::define(&plugin);
+        let engine = Engine::new(config, &plugin);
+        create_slots(&engine.slot_keys());
         let worker = Rc::new(Worker {
-            engine: Engine::new(config),
+            engine,
             keys: RefCell::new(keys),
             metrics,
         });

@@ -56,6 +56,8 @@ pub struct Route {
     /// Overrides the policy's mode when set.
     pub mode: Option<Mode>,
     pub require: Requirements,
+    /// Rate limits charged for this route (after the global ones).
+    pub rate_limits: Vec<crate::ratelimit::RouteLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

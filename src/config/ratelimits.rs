@@ -1,0 +1,348 @@
+//! Raw rate-limit configuration → validated [`RateLimits`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{claim_path, ConfigError};
+use crate::ratelimit::{IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, RouteLimit};
+
+pub const DEFAULT_SLOTS: u32 = 4096;
+pub const MAX_SLOTS: u32 = 65_536;
+pub const MAX_TOTAL_SLOTS: u64 = 262_144;
+pub const MAX_POLICIES: usize = 32;
+const MAX_REQUESTS: u64 = 1_000_000_000;
+const MIN_PER_NS: u64 = 1_000_000_000;
+const MAX_PER_NS: u64 = 7 * 86_400 * 1_000_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRateLimits {
+    #[serde(default)]
+    identity: Option<Vec<String>>,
+    policies: BTreeMap<String, RawLimit>,
+    #[serde(default)]
+    global: Vec<String>,
+    #[serde(default)]
+    exempt: Option<RawExempt>,
+    #[serde(default)]
+    failed_auth: Option<RawFailedAuth>,
+    #[serde(default)]
+    on_contention: Option<RawContention>,
+    #[serde(default)]
+    response_headers: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLimit {
+    requests: u64,
+    per: String,
+    #[serde(default)]
+    burst: Option<u64>,
+    #[serde(default)]
+    key: Option<RawKey>,
+    #[serde(default)]
+    slots: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+enum RawKey {
+    Identity,
+    SourceIp,
+    Global,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+enum RawContention {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawExempt {
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    principals: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFailedAuth {
+    policy: String,
+}
+
+/// A route's rate-limit entry: a policy, or a tier chosen by a claim; with a cost.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRouteLimit {
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    tier: Option<RawTier>,
+    #[serde(default)]
+    cost: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTier {
+    claim: String,
+    policies: BTreeMap<String, String>,
+    default: String,
+}
+
+/// Parses `"15m"`, `"1s"`, `"2h"`, `"1d"`, `"500ms"` into nanoseconds.
+fn duration_ns(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit_ns: u64 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ns)
+}
+
+pub(super) fn rate_limits(
+    raw: RawRateLimits,
+    roles_claim: Vec<String>,
+) -> Result<RateLimits, ConfigError> {
+    let at = |f: &str| format!("rateLimits.{f}");
+    if raw.policies.is_empty() || raw.policies.len() > MAX_POLICIES {
+        return Err(ConfigError::new(
+            at("policies"),
+            format!("list 1 to {MAX_POLICIES} policies"),
+        ));
+    }
+    let mut limits = Vec::new();
+    let mut total_slots = 0u64;
+    for (name, l) in raw.policies {
+        let p = |f: &str| at(&format!("policies.{name}.{f}"));
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                at(&format!("policies.{name}")),
+                "a policy name is 1-32 characters of [a-z0-9_-]",
+            ));
+        }
+        if l.requests == 0 || l.requests > MAX_REQUESTS {
+            return Err(ConfigError::new(
+                p("requests"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+        let per_ns = duration_ns(&l.per).ok_or_else(|| {
+            ConfigError::new(
+                p("per"),
+                "a duration such as \"1s\", \"15m\", \"1h\", \"1d\"",
+            )
+        })?;
+        if !(MIN_PER_NS..=MAX_PER_NS).contains(&per_ns) {
+            return Err(ConfigError::new(p("per"), "must be between 1s and 7d"));
+        }
+        let burst = l.burst.unwrap_or(l.requests);
+        if burst == 0 || burst > MAX_REQUESTS {
+            return Err(ConfigError::new(
+                p("burst"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+        let key = match l.key.unwrap_or(RawKey::Identity) {
+            RawKey::Identity => KeyKind::Identity,
+            RawKey::SourceIp => KeyKind::SourceIp,
+            RawKey::Global => KeyKind::Global,
+        };
+        let slots = match (key, l.slots) {
+            (KeyKind::Global, Some(_)) => {
+                return Err(ConfigError::new(
+                    p("slots"),
+                    "a global policy has one bucket",
+                ));
+            }
+            (KeyKind::Global, None) => 1,
+            (_, s) => s.unwrap_or(DEFAULT_SLOTS),
+        };
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(ConfigError::new(
+                p("slots"),
+                format!("must be between 1 and {MAX_SLOTS}"),
+            ));
+        }
+        total_slots += u64::from(slots);
+        limits.push(Limit {
+            name,
+            requests: l.requests,
+            per_ns,
+            burst,
+            key,
+            slots,
+        });
+    }
+    if total_slots > MAX_TOTAL_SLOTS {
+        return Err(ConfigError::new(
+            at("policies"),
+            format!("at most {MAX_TOTAL_SLOTS} slots in all"),
+        ));
+    }
+    let index = |path: String, name: &str| {
+        limits
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| ConfigError::new(path, format!("unknown policy \"{name}\"")))
+    };
+
+    let identity = match raw.identity {
+        None => vec![
+            IdentitySource::ClientId,
+            IdentitySource::Subject,
+            IdentitySource::SpiffeId,
+            IdentitySource::SourceIp,
+        ],
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, s) in list.iter().enumerate() {
+                let path = at(&format!("identity[{i}]"));
+                out.push(match s.as_str() {
+                    "clientId" => IdentitySource::ClientId,
+                    "sub" => IdentitySource::Subject,
+                    "spiffeId" => IdentitySource::SpiffeId,
+                    "certificateSha256" => IdentitySource::CertificateSha256,
+                    "sourceIp" => IdentitySource::SourceIp,
+                    other => match other.strip_prefix("claim:") {
+                        Some(c) => IdentitySource::Claim(claim_path(&path, c)?),
+                        None => {
+                            return Err(ConfigError::new(
+                                path,
+                                format!("unknown identity \"{other}\", expected clientId, sub, claim:<path>, spiffeId, certificateSha256 or sourceIp"),
+                            ))
+                        }
+                    },
+                });
+            }
+            if out.last() != Some(&IdentitySource::SourceIp) {
+                out.push(IdentitySource::SourceIp);
+            }
+            out
+        }
+    };
+    let mut global = Vec::new();
+    for (i, g) in raw.global.iter().enumerate() {
+        global.push(index(at(&format!("global[{i}]")), g)?);
+    }
+    let (exempt_roles, exempt_principals) = match raw.exempt {
+        None => (Vec::new(), Vec::new()),
+        Some(e) => {
+            let mut principals = Vec::new();
+            for (i, p) in e.principals.iter().enumerate() {
+                principals.push(super::routes::principal(
+                    &at(&format!("exempt.principals[{i}]")),
+                    p,
+                )?);
+            }
+            (e.roles, principals)
+        }
+    };
+    let failed_auth = match raw.failed_auth {
+        None => None,
+        Some(f) => {
+            let i = index(at("failedAuth.policy"), &f.policy)?;
+            if limits.get(i).is_some_and(|l| l.key != KeyKind::SourceIp) {
+                return Err(ConfigError::new(
+                    at("failedAuth.policy"),
+                    "must be a policy with key \"sourceIp\"",
+                ));
+            }
+            Some(i)
+        }
+    };
+    Ok(RateLimits {
+        identity,
+        limits,
+        global,
+        exempt_roles,
+        exempt_roles_claim: roles_claim,
+        exempt_principals,
+        failed_auth,
+        deny_on_contention: !matches!(raw.on_contention, Some(RawContention::Allow)),
+        response_headers: raw.response_headers,
+    })
+}
+
+pub(super) fn route_limits(
+    at: &str,
+    raw: Vec<RawRouteLimit>,
+    limits: Option<&RateLimits>,
+) -> Result<Vec<RouteLimit>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(limits) = limits else {
+        return Err(ConfigError::new(at, "needs a top-level rateLimits section"));
+    };
+    let index = |path: String, name: &str| {
+        limits
+            .index(name)
+            .ok_or_else(|| ConfigError::new(path, format!("unknown policy \"{name}\"")))
+    };
+    let mut out = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let cost = r.cost.unwrap_or(1);
+        if cost == 0 || cost > 1_000_000 {
+            return Err(ConfigError::new(
+                format!("{here}.cost"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        let choice = match (r.policy, r.tier) {
+            (Some(p), None) => LimitChoice::Fixed(index(format!("{here}.policy"), &p)?),
+            (None, Some(t)) => {
+                let claim = claim_path(&format!("{here}.tier.claim"), &t.claim)?;
+                let mut by_value = Vec::new();
+                for (value, name) in &t.policies {
+                    by_value.push((
+                        value.clone(),
+                        index(format!("{here}.tier.policies.{value}"), name)?,
+                    ));
+                }
+                let default = index(format!("{here}.tier.default"), &t.default)?;
+                LimitChoice::Tier {
+                    claim,
+                    by_value,
+                    default,
+                }
+            }
+            _ => return Err(ConfigError::new(here, "set exactly one of policy or tier")),
+        };
+        out.push(RouteLimit { choice, cost });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ns;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ns("15m"), Some(900_000_000_000));
+        assert_eq!(duration_ns("1s"), Some(1_000_000_000));
+        assert_eq!(duration_ns("500ms"), Some(500_000_000));
+        for bad in ["", "m", "1", "1w", "-1s", "1.5s", "99999999999999999999d"] {
+            assert_eq!(duration_ns(bad), None, "{bad}");
+        }
+    }
+}
