@@ -1035,3 +1035,52 @@ pub fn start_shipped(relative: &str, tag: &str, upstream: u16, jwks: u16) -> (En
     let envoy = Envoy::start(&shipped.runnable(&dir, &ports), 2);
     (envoy, pki, shipped)
 }
+
+/// A plaintext HTTP/1.1 connection reused for many requests (keep-alive), for volume tests.
+pub struct KeepAlive {
+    port: u16,
+    stream: Option<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive { port, stream: None }
+    }
+
+    /// Sends one GET; reconnects once if the connection was closed.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        for _ in 0..2 {
+            if self.stream.is_none() {
+                let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                s.set_nodelay(true).unwrap();
+                self.stream = Some(s);
+            }
+            let s = self.stream.as_mut().unwrap();
+            if s.write_all(req.as_bytes()).is_ok() {
+                if let Ok(buf) = read_response(s) {
+                    if let Some(r) = parse_response(&buf) {
+                        if r.header("connection") == Some("close") {
+                            self.stream = None;
+                        }
+                        return r;
+                    }
+                }
+            }
+            self.stream = None;
+        }
+        panic!("GET {path}: connection failed twice");
+    }
+}
+
+/// Envoy's heap in bytes (admin `/memory`, `allocated`).
+pub fn envoy_allocated(envoy: &Envoy) -> u64 {
+    let (_, body) = http_get(envoy.admin, "/memory").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["allocated"].as_str().unwrap().parse().unwrap()
+}
