@@ -406,10 +406,14 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         }
+        // Envoy passes `x_meshguard_principal` by default, and CGI-style upstreams read it as
+        // `x-meshguard-principal`: client copies under the underscore spelling go too.
         let mut owned_headers: Vec<String> = Vec::new();
         for (_, h) in owned {
-            if !owned_headers.contains(&h) {
-                owned_headers.push(h);
+            for name in [h.clone(), h.replace('-', "_")] {
+                if !owned_headers.contains(&name) {
+                    owned_headers.push(name);
+                }
             }
         }
 

@@ -113,8 +113,11 @@ impl Engine {
             let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
             return self.finish(fwd, Err(refusal), None, policy.mode);
         };
-        let host = req.header(":authority").unwrap_or_default();
-        let method = req.header(":method").unwrap_or_default();
+        let (Ok(host), Ok(method)) = (req.text_header(":authority"), req.text_header(":method"))
+        else {
+            let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
+            return self.finish(fwd, Err(refusal), None, policy.mode);
+        };
         let Some(route) = policy.route_for(host, &path, method) else {
             let result = match policy.unmatched {
                 Unmatched::Allow => Ok(()),

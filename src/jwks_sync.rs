@@ -24,8 +24,11 @@ pub struct SharedKeys {
 }
 
 impl SharedKeys {
-    pub fn new(plugin: &str, provider: &str) -> SharedKeys {
-        let base = format!("meshguard/{plugin}/jwks/{provider}");
+    /// Keys of one provider. `source` identifies what is fetched (issuer, URI, cluster): two
+    /// plugin instances or configuration versions share a document only when it is the same one.
+    pub fn new(plugin: &str, provider: &str, source: &str) -> SharedKeys {
+        let fingerprint = crate::ratelimit::identity_hash(source);
+        let base = format!("meshguard/{plugin}/jwks/{provider}/{fingerprint:016x}");
         SharedKeys {
             meta: format!("{base}/meta"),
             doc: format!("{base}/doc"),

@@ -32,6 +32,16 @@ impl<'a> RequestView<'a> {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// A header that must be text when present (`:authority`, `:method`): `Ok("")` when absent,
+    /// `Err` when its bytes are not UTF-8.
+    pub fn text_header(&self, name: &str) -> Result<&'a str, std::str::Utf8Error> {
+        let headers: &'a [(String, Vec<u8>)] = self.headers;
+        match headers.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => std::str::from_utf8(v),
+            None => Ok(""),
+        }
+    }
+
     /// The query string, without the fragment.
     pub fn query(&self) -> &'a str {
         let no_fragment = self.path.split('#').next().unwrap_or_default();

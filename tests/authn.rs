@@ -140,6 +140,7 @@ fn valid_tokens_reach_upstream_with_identity_headers_and_without_authorization()
                 // Smuggling attempts: every header meshguard sets is removed first.
                 ("x-user", "mallory"),
                 ("x-meshguard-principal", "https://evil/root"),
+                ("x_meshguard_principal", "https://evil/root"),
                 ("x-peer-spiffe", "spiffe://cluster.local/ns/admin/sa/root"),
             ],
         );
@@ -175,6 +176,11 @@ fn valid_tokens_reach_upstream_with_identity_headers_and_without_authorization()
                 .count()
         };
         assert_eq!(count("x-user"), 1);
+        assert_eq!(
+            count("x_meshguard_principal"),
+            0,
+            "underscore spelling removed too"
+        );
         assert_eq!(r.json()["path"], "/orders?page=1");
     }
 

@@ -165,7 +165,9 @@ fn role_matrix() {
 fn path_tricks_do_not_slip_past_routes() {
     let s = start();
     // A viewer tries to reach admin-only routes, or to dress them up as the public route.
-    let cases: [(&str, &str, u16); 12] = [
+    let cases: [(&str, &str, u16); 14] = [
+        ("DELETE", "/projects;jsessionid=1/42", 403),
+        ("GET", "/analytics;x", 403),
         ("GET", "/public/../analytics", 403),
         ("GET", "/public/%2e%2e/analytics", 403),
         ("GET", "/public/%2E%2E/analytics", 403),

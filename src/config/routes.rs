@@ -208,7 +208,9 @@ fn route(
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         };
         hosts.push(match lower.strip_prefix("*.") {
-            Some(rest) if valid(rest) => HostPattern::Suffix(format!(".{rest}")),
+            Some(rest) if valid(rest) => {
+                HostPattern::Suffix(format!(".{}", rest.trim_end_matches('.')))
+            }
             None if valid(&lower) => HostPattern::Exact(lower.trim_end_matches('.').to_string()),
             _ => {
                 return Err(ConfigError::new(
@@ -234,11 +236,10 @@ fn route(
                 "must start with / and contain no ?, #, % or \\",
             ));
         }
-        let p = if case_sensitive {
-            p.clone()
-        } else {
-            p.to_ascii_lowercase()
-        };
+        // Normalised like request paths, so `/public/` and `/public` mean the same prefix.
+        let p = normalize(p, case_sensitive).map_err(|_| {
+            ConfigError::new(at(&format!("match.pathPrefixes[{j}]")), "not a valid path")
+        })?;
         paths.push(PathPattern::Prefix(p));
     }
 

@@ -43,7 +43,13 @@ fn minimal_config_gets_documented_defaults() {
             prefix: "Bearer ".into()
         }]
     );
-    assert_eq!(c.owned_headers, vec!["x-meshguard-principal".to_string()]);
+    assert_eq!(
+        c.owned_headers,
+        vec![
+            "x-meshguard-principal".to_string(),
+            "x_meshguard_principal".to_string()
+        ]
+    );
 }
 
 #[test]
@@ -219,7 +225,14 @@ fn output_headers_are_validated_and_never_set_twice() {
     let c = parse(two).unwrap();
     assert_eq!(
         c.owned_headers,
-        vec!["x-meshguard-principal", "x-peer", "x-sub"]
+        vec![
+            "x-meshguard-principal",
+            "x_meshguard_principal",
+            "x-peer",
+            "x_peer",
+            "x-sub",
+            "x_sub"
+        ]
     );
     let mut bad_field = with_provider(json!({}));
     bad_field["outputPeerToHeaders"] = json!([{"header": "x-peer", "field": "spiffe"}]);

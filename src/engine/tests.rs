@@ -109,11 +109,17 @@ fn valid_token_goes_upstream_with_claims_principal_and_peer_headers() {
         fwd.remove_headers,
         vec![
             "x-meshguard-principal",
+            "x_meshguard_principal",
             "x-peer",
+            "x_peer",
             "x-peer-ns",
+            "x_peer_ns",
             "x-sub",
+            "x_sub",
             "x-roles",
+            "x_roles",
             "x-obj",
+            "x_obj",
             "authorization"
         ]
     );
@@ -716,4 +722,55 @@ mod rate_limits {
             assert!(e.starts_with(want), "want {want:?}, got {e:?}");
         }
     }
+}
+
+#[test]
+fn tokens_bound_in_ways_meshguard_cannot_check_are_refused() {
+    let keys = TestKeys::new();
+    let e = routed(&keys, json!({}), json!({}));
+    let dpop = keys.eddsa(claims(
+        json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+    ));
+    let r = denied(request(&e, "GET", "/", Some(&dpop), &peer()));
+    assert_eq!(
+        r.reason,
+        Reason::InvalidToken(TokenError::UnsupportedBinding)
+    );
+}
+
+#[test]
+fn non_utf8_or_missing_request_line_parts_are_refused() {
+    let keys = TestKeys::new();
+    let e = routed(
+        &keys,
+        json!({"routes": [{"match": {"paths": ["/"]}, "token": "none"}]}),
+        json!({}),
+    );
+    let headers = vec![
+        (":authority".to_string(), b"api\xff".to_vec()),
+        (":method".to_string(), b"GET".to_vec()),
+    ];
+    let p = Peer::default();
+    let r = denied(run(
+        &e,
+        &RequestView {
+            path: "/",
+            headers: &headers,
+            peer: &p,
+        },
+    ));
+    assert_eq!(r.status, 400);
+    // The host passes "" for a missing or non-UTF-8 `:path`: never a default path.
+    let r = denied(run(
+        &e,
+        &RequestView {
+            path: "",
+            headers: &[],
+            peer: &p,
+        },
+    ));
+    assert_eq!(
+        r.reason,
+        Reason::InvalidRequest(crate::jwt::extract::RequestError::InvalidPath)
+    );
 }

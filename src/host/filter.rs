@@ -84,11 +84,13 @@ impl HttpContext for Filter {
 
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = self.get_http_request_headers_bytes();
+        // A missing or non-UTF-8 `:path` (HTTP/2 allows one) becomes "", which the core refuses
+        // with 400: never a default path that could match a weaker route.
         let path = headers
             .iter()
             .find(|(n, _)| n == ":path")
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .unwrap_or("/")
+            .unwrap_or("")
             .to_string();
         let peer = self.peer();
         let now = now_ns(self.get_current_time());
@@ -99,19 +101,26 @@ impl HttpContext for Filter {
         };
 
         let mut decision = self.decide(&req, now);
-        // Keys another worker fetched may not be loaded here yet: catch up once and retry.
-        if let Decision::Deny(reply) = &decision {
-            if matches!(
-                reply.reason,
+        // Keys another worker fetched may not be loaded here yet: catch up once and retry (also
+        // in dry-run, so a would-deny is not counted for keys this worker merely lacked).
+        let key_miss = |reason: Reason| {
+            matches!(
+                reason,
                 Reason::InvalidToken(TokenError::KeysUnavailable | TokenError::UnknownKey)
-            ) && self
+            )
+        };
+        let missed = match &decision {
+            Decision::Deny(reply) => key_miss(reply.reason),
+            Decision::Allow(fwd) => fwd.dry_run.as_ref().is_some_and(|r| key_miss(r.reason)),
+        };
+        if missed
+            && self
                 .worker
                 .keys
                 .borrow_mut()
                 .sync(&self.worker.engine.config)
-            {
-                decision = self.decide(&req, now);
-            }
+        {
+            decision = self.decide(&req, now);
         }
 
         match decision {

@@ -33,9 +33,10 @@ impl WorkerKeys {
                     sets.push(Some(set.clone()));
                     remote.push(None);
                 }
-                KeySource::Remote(_) => {
+                KeySource::Remote(r) => {
                     sets.push(None);
-                    remote.push(Some((SharedKeys::new(plugin, &p.name), 0)));
+                    let source = format!("{}\n{}\n{}", p.issuer, r.uri, r.cluster);
+                    remote.push(Some((SharedKeys::new(plugin, &p.name, &source), 0)));
                 }
             }
         }

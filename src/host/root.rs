@@ -37,7 +37,7 @@ pub struct Worker {
 pub struct Root {
     worker: Option<Rc<Worker>>,
     /// In-flight JWKS fetches: call token → provider index.
-    pending: HashMap<u32, usize>,
+    pending: HashMap<u32, (usize, Lease)>,
     tick: Option<Duration>,
 }
 
@@ -49,7 +49,7 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(index) = self.pending.remove(&token) else {
+        let Some((index, lease)) = self.pending.remove(&token) else {
             return;
         };
         let Some(worker) = self.worker.clone() else {
@@ -127,7 +127,7 @@ impl Context for Root {
                 );
             }
         }
-        let _ = hostcalls::set_shared_data(&shared.lease, Some(&Lease::FREE.encode()), None);
+        release_lease(&shared, lease);
         worker.keys.borrow_mut().sync(&worker.engine.config);
         self.adjust_tick();
     }
@@ -195,15 +195,21 @@ impl RootContext for Root {
             let Some(shared) = worker.keys.borrow().shared_keys(i).cloned() else {
                 continue;
             };
-            if self.pending.values().any(|v| *v == i) {
+            if self.pending.values().any(|(v, _)| *v == i) {
                 continue;
             }
             if !JwksMeta::fetch_due(read_meta(&shared.meta).as_ref(), now) {
                 continue;
             }
-            if take_lease(&shared, now, remote.timeout_ms) {
-                self.fetch(i, &p.name, remote, &shared, now);
+            let Some(lease) = take_lease(&shared, now, remote.timeout_ms) else {
+                continue;
+            };
+            // Another worker may have published between our check and our lease.
+            if !JwksMeta::fetch_due(read_meta(&shared.meta).as_ref(), now) {
+                release_lease(&shared, lease);
+                continue;
             }
+            self.fetch(i, &p.name, remote, &shared, now, lease);
         }
         self.adjust_tick();
     }
@@ -226,6 +232,7 @@ impl Root {
         remote: &RemoteJwks,
         shared: &SharedKeys,
         now: u64,
+        lease: Lease,
     ) {
         let headers = vec![
             (":method", "GET"),
@@ -237,7 +244,7 @@ impl Root {
         let timeout = Duration::from_millis(remote.timeout_ms);
         match self.dispatch_http_call(&remote.cluster, headers, None, vec![], timeout) {
             Ok(token) => {
-                self.pending.insert(token, index);
+                self.pending.insert(token, (index, lease));
             }
             Err(status) => {
                 let why = match status {
@@ -249,8 +256,7 @@ impl Root {
                 let prev = read_meta(&shared.meta);
                 let meta = JwksMeta::after_failure(prev.as_ref(), now, remote.refresh_seconds);
                 let _ = hostcalls::set_shared_data(&shared.meta, Some(&meta.encode()), None);
-                let _ =
-                    hostcalls::set_shared_data(&shared.lease, Some(&Lease::FREE.encode()), None);
+                release_lease(shared, lease);
                 log(
                     LogLevel::Error,
                     &format!("meshguard: provider {name}: JWKS fetch not started: {why}"),
@@ -282,13 +288,26 @@ impl Root {
 }
 
 /// Takes the provider's fetch lease if it is free: compare-and-swap on the value just read.
-fn take_lease(shared: &SharedKeys, now: u64, timeout_ms: u64) -> bool {
+fn take_lease(shared: &SharedKeys, now: u64, timeout_ms: u64) -> Option<Lease> {
     let Ok((Some(bytes), Some(cas))) = hostcalls::get_shared_data(&shared.lease) else {
-        return false;
+        return None;
     };
     if !Lease::decode(&bytes).is_some_and(|l| l.is_free(now)) {
-        return false;
+        return None;
     }
     let lease = Lease::take(now, timeout_ms);
-    hostcalls::set_shared_data(&shared.lease, Some(&lease.encode()), Some(cas)).is_ok()
+    hostcalls::set_shared_data(&shared.lease, Some(&lease.encode()), Some(cas))
+        .ok()
+        .map(|_| lease)
+}
+
+/// Frees the lease only if it is still ours: a late answer to a fetch whose lease expired (and
+/// that another worker has taken since) leaves the other worker's lease alone.
+fn release_lease(shared: &SharedKeys, ours: Lease) {
+    if let Ok((Some(bytes), Some(cas))) = hostcalls::get_shared_data(&shared.lease) {
+        if Lease::decode(&bytes) == Some(ours) {
+            let _ =
+                hostcalls::set_shared_data(&shared.lease, Some(&Lease::FREE.encode()), Some(cas));
+        }
+    }
 }

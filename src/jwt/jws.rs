@@ -35,7 +35,13 @@ pub struct Claims {
 
 impl Claims {
     /// Looks up a claim by path (`["realm_access", "roles"]`).
+    /// A claim whose name itself contains dots (`https://example.com/roles`) is found first.
     pub fn get_path(&self, path: &[String]) -> Option<&Value> {
+        if path.len() > 1 {
+            if let Some(v) = self.all.get(&path.join(".")) {
+                return Some(v);
+            }
+        }
         let (first, rest) = path.split_first()?;
         let mut v = self.all.get(first)?;
         for seg in rest {
@@ -61,6 +67,10 @@ pub fn parse(token: &str) -> Result<UnverifiedToken, TokenError> {
         return Err(TokenError::Malformed);
     };
     if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    // The verification library refuses longer headers; say "malformed", not "bad signature".
+    if h.len() > 8192 {
         return Err(TokenError::Malformed);
     }
     let header = decode_object(h)?;

@@ -100,6 +100,8 @@ pub enum TokenError {
     BindingMismatch,
     /// The provider requires certificate-bound tokens and this one has no `cnf."x5t#S256"`.
     BindingRequired,
+    /// `cnf` binds the token in a way meshguard cannot check (DPoP `jkt`, `jwk`, …).
+    UnsupportedBinding,
 }
 
 impl TokenError {
@@ -123,6 +125,7 @@ impl TokenError {
             TokenError::Audience => "audience not allowed",
             TokenError::BindingMismatch => "certificate binding mismatch",
             TokenError::BindingRequired => "certificate binding required",
+            TokenError::UnsupportedBinding => "unsupported token binding",
         }
     }
 
@@ -146,6 +149,7 @@ impl TokenError {
             TokenError::Audience => "audience",
             TokenError::BindingMismatch => "binding",
             TokenError::BindingRequired => "binding_required",
+            TokenError::UnsupportedBinding => "unsupported_binding",
         }
     }
 }

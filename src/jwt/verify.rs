@@ -121,6 +121,8 @@ pub fn check_binding(
     let thumbprint = match claims.all.get("cnf") {
         None => None,
         Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            // Bound some other way (DPoP `jkt`, `jwk`, …): it must not pass as a bearer token.
+            None if !cnf.is_empty() => return Err(TokenError::UnsupportedBinding),
             None => None,
             Some(serde_json::Value::String(t)) => Some(t.as_str()),
             Some(_) => return Err(TokenError::Malformed),

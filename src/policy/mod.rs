@@ -71,6 +71,7 @@ pub enum HostPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathPattern {
     Exact(String),
+    /// A normalised path and everything below it, by whole segments.
     Prefix(String),
     /// Segments; `None` is one wildcard segment (`*` or `{name}`), and a final `**` any rest.
     Template {
@@ -173,7 +174,13 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(p) => p == path,
-            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+            // Whole segments: `/api` matches `/api` and `/api/x`, not `/api-internal`.
+            PathPattern::Prefix(p) => {
+                p == "/"
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
             PathPattern::Template { segments, rest } => {
                 let mut parts = path.split('/').skip(1).filter(|s| !s.is_empty());
                 for seg in segments {

@@ -7,7 +7,8 @@
 //! 3. an encoded slash or backslash (`%2F`, `%5C`), a raw backslash, a control character or a path
 //!    that does not start with `/` is refused (the request gets `400 invalid_request`): upstreams
 //!    disagree on what they mean;
-//! 4. runs of `/` become one `/`;
+//! 4. path parameters (`;…` in a segment, which Tomcat/Jetty/Spring drop) are cut off, and runs
+//!    of `/` become one `/`;
 //! 5. `.` and `..` segments are removed (RFC 3986 §5.2.4; `..` never climbs above `/`);
 //! 6. a trailing `/` is removed (except for `/` itself);
 //! 7. unless paths are configured case-sensitive, the result is lower-cased (route patterns are
@@ -26,6 +27,7 @@ pub fn normalize(raw: &str, case_sensitive: bool) -> Result<String, InvalidPath>
     let decoded = decode_unreserved(raw)?;
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or_default();
         match seg {
             "" | "." => {}
             ".." => {
@@ -118,6 +120,8 @@ mod tests {
         assert_eq!(n("/projects/?admin=1").unwrap(), "/projects");
         assert_eq!(n("/projects#frag").unwrap(), "/projects");
         assert_eq!(n("/").unwrap(), "/");
+        assert_eq!(n("/admin;x/users;jsessionid=1").unwrap(), "/admin/users");
+        assert_eq!(n("/a/..;/admin").unwrap(), "/admin");
         assert_eq!(n("/?x").unwrap(), "/");
     }
 

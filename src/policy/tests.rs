@@ -386,3 +386,31 @@ fn route_configuration_errors_name_the_field() {
         assert!(e.starts_with(want), "want {want:?}, got {e:?}");
     }
 }
+
+#[test]
+fn prefixes_match_whole_segments_after_normalisation() {
+    let p = policy(
+        json!({"routes": [{"name": "api", "match": {"pathPrefixes": ["/api/"]}},
+                                     {"name": "all", "match": {"pathPrefixes": ["/"]}}]}),
+    );
+    assert_eq!(route_name(&p, "h", "/api", "GET"), Some("api"));
+    assert_eq!(route_name(&p, "h", "/api/v1/x", "GET"), Some("api"));
+    assert_eq!(route_name(&p, "h", "/api-internal", "GET"), Some("all"));
+    assert_eq!(
+        route_name(&p, "h", "/api;jsessionid=1/x", "GET"),
+        Some("api")
+    );
+    let hosts = policy(json!({"routes": [{"name": "x", "match": {"hosts": ["*.Example.com."]}}]}));
+    assert_eq!(route_name(&hosts, "a.example.com", "/", "GET"), Some("x"));
+}
+
+#[test]
+fn claim_names_with_dots_are_found_whole_first() {
+    let c = claims(json!({"https://example.com/roles": ["admin"], "a": {"b": 1}}));
+    let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        c.get_path(&path("https://example.com/roles")),
+        Some(&json!(["admin"]))
+    );
+    assert_eq!(c.get_path(&path("a.b")), Some(&json!(1)));
+}
