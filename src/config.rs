@@ -230,6 +230,17 @@ pub struct PeerHeader {
 }
 
 impl Config {
+    /// Per provider: its inline key set, or `None` for a remote JWKS.
+    pub fn inline_keys(&self) -> Vec<Option<KeySet>> {
+        self.providers
+            .iter()
+            .map(|p| match &p.keys {
+                KeySource::Inline(set) => Some(set.clone()),
+                KeySource::Remote(_) => None,
+            })
+            .collect()
+    }
+
     /// Parses the plugin configuration exactly as Envoy hands it over: JSON text (from a
     /// `google.protobuf.StringValue`, which is also what Istio sends for a WasmPlugin's
     /// `pluginConfig`) or a serialized `google.protobuf.Struct` (Envoy passes any other `Any`
@@ -464,12 +475,7 @@ fn provider(
     let at = |field: &str| format!("providers[{i}].{field}");
 
     let name = rp.name.unwrap_or_else(|| format!("p{i}"));
-    if name.is_empty()
-        || name.len() > 32
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
+    if !is_short_name(&name) {
         return Err(ConfigError::new(
             at("name"),
             "must be 1-32 characters of [a-z0-9_-]",
@@ -720,6 +726,14 @@ fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(lower)
+}
+
+/// Names used in shared-data keys and metrics: 1-32 characters of `[a-z0-9_-]`.
+fn is_short_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// RFC 9110 `tchar`: the characters of header names and methods.

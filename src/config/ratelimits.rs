@@ -127,12 +127,7 @@ pub(super) fn rate_limits(
     let mut total_slots = 0u64;
     for (name, l) in raw.policies {
         let p = |f: &str| at(&format!("policies.{name}.{f}"));
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+        if !super::is_short_name(&name) {
             return Err(ConfigError::new(
                 at(&format!("policies.{name}")),
                 "a policy name is 1-32 characters of [a-z0-9_-]",

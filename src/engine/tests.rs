@@ -3,7 +3,6 @@
 use serde_json::json;
 
 use super::*;
-use crate::config::KeySource;
 use crate::decision::Forbidden;
 use crate::identity::Peer;
 use crate::jwt::jwks::KeySet;
@@ -33,14 +32,7 @@ fn engine(
         .unwrap()
         .extend(top.as_object().unwrap().clone());
     let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
-    let sets = config
-        .providers
-        .iter()
-        .map(|p| match &p.keys {
-            KeySource::Inline(s) => Some(s.clone()),
-            KeySource::Remote(_) => None,
-        })
-        .collect();
+    let sets = config.inline_keys();
     (Engine::new(config, "test"), Inline(sets))
 }
 
@@ -225,14 +217,7 @@ fn several_providers_each_verify_their_own_issuer() {
         {"name": "corp", "issuer": "https://corp", "jwks": a.jwks()},
         {"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}]});
     let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
-    let sets: Vec<_> = config
-        .providers
-        .iter()
-        .map(|p| match &p.keys {
-            KeySource::Inline(s) => Some(s.clone()),
-            KeySource::Remote(_) => None,
-        })
-        .collect();
+    let sets = config.inline_keys();
     let e = (Engine::new(config, "test"), Inline(sets));
     let ok = format!(
         "Bearer {}",
@@ -480,14 +465,7 @@ mod rate_limits {
             ]
         });
         let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
-        let sets = config
-            .providers
-            .iter()
-            .map(|p| match &p.keys {
-                KeySource::Inline(s) => Some(s.clone()),
-                KeySource::Remote(_) => None,
-            })
-            .collect();
+        let sets = config.inline_keys();
         let engine = Engine::new(config, "t");
         let store = MemStore::for_engine(&engine);
         World {

@@ -25,22 +25,21 @@ impl KeyLookup for WorkerKeys {
 
 impl WorkerKeys {
     pub fn new(config: &Config, plugin: &str) -> WorkerKeys {
-        let mut sets = Vec::new();
-        let mut remote = Vec::new();
-        for p in &config.providers {
-            match &p.keys {
-                KeySource::Inline(set) => {
-                    sets.push(Some(set.clone()));
-                    remote.push(None);
-                }
+        let remote = config
+            .providers
+            .iter()
+            .map(|p| match &p.keys {
+                KeySource::Inline(_) => None,
                 KeySource::Remote(r) => {
-                    sets.push(None);
                     let source = format!("{}\n{}\n{}", p.issuer, r.uri, r.cluster);
-                    remote.push(Some((SharedKeys::new(plugin, &p.name, &source), 0)));
+                    Some((SharedKeys::new(plugin, &p.name, &source), 0))
                 }
-            }
+            })
+            .collect();
+        WorkerKeys {
+            sets: config.inline_keys(),
+            remote,
         }
-        WorkerKeys { sets, remote }
     }
 
     pub fn shared_keys(&self, index: usize) -> Option<&SharedKeys> {
