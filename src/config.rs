@@ -11,7 +11,7 @@ mod ratelimits;
 mod routes;
 
 use crate::identity::PeerField;
-use crate::jwt::jwks::{JwksError, KeySet};
+use crate::jwt::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
 use crate::jwt::Algorithm;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
@@ -46,6 +46,9 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_JWKS_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_PROVIDERS: usize = 16;
+pub const DEFAULT_JWKS_MAX_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_JWKS_MAX_STALENESS_SECONDS: u64 = 86_400;
+pub const DEFAULT_KID_MISS_REFETCH_SECONDS: u64 = 30;
 pub const DEFAULT_ROLES_CLAIM: &str = "roles";
 
 // ---------------------------------------------------------------------------------------------
@@ -76,6 +79,21 @@ struct RawConfig {
     case_sensitive_paths: bool,
     #[serde(default)]
     rate_limits: Option<ratelimits::RawRateLimits>,
+    #[serde(default)]
+    log_level: Option<LogLevel>,
+}
+
+/// meshguard's own log threshold (Envoy's `wasm` log level filters on top).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    /// Denials and dry-run would-denies (one JSON line each), JWKS fetches.
+    #[default]
+    Info,
+    /// Also every allowed request.
+    Debug,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +114,12 @@ struct RawProvider {
     jwks_timeout_ms: Option<u64>,
     #[serde(default)]
     jwks_refresh_seconds: Option<u64>,
+    #[serde(default)]
+    jwks_max_bytes: Option<u64>,
+    #[serde(default)]
+    jwks_max_staleness_seconds: Option<u64>,
+    #[serde(default)]
+    kid_miss_refetch_seconds: Option<u64>,
     #[serde(default)]
     algorithms: Option<Vec<String>>,
     #[serde(default)]
@@ -166,6 +190,7 @@ pub struct Config {
     pub policy: Policy,
     /// Rate-limit policies, when configured.
     pub rate_limits: Option<RateLimits>,
+    pub log_level: LogLevel,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +230,12 @@ pub struct RemoteJwks {
     pub path: String,
     pub timeout_ms: u64,
     pub refresh_seconds: u64,
+    /// Largest JWKS document accepted from the endpoint.
+    pub max_bytes: usize,
+    /// Keys older than this (since their last successful fetch) are dropped: tokens fail closed.
+    pub max_staleness_seconds: u64,
+    /// At most one refetch per this interval when a token names an unknown `kid`.
+    pub kid_miss_refetch_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,6 +494,7 @@ impl TryFrom<RawConfig> for Config {
             max_token_bytes,
             policy,
             rate_limits,
+            log_level: raw.log_level.unwrap_or_default(),
         })
     }
 }
@@ -560,6 +592,15 @@ fn provider(
     remote_only("jwksCluster", rp.jwks_cluster.is_some())?;
     remote_only("jwksTimeoutMs", rp.jwks_timeout_ms.is_some())?;
     remote_only("jwksRefreshSeconds", rp.jwks_refresh_seconds.is_some())?;
+    remote_only("jwksMaxBytes", rp.jwks_max_bytes.is_some())?;
+    remote_only(
+        "jwksMaxStalenessSeconds",
+        rp.jwks_max_staleness_seconds.is_some(),
+    )?;
+    remote_only(
+        "kidMissRefetchSeconds",
+        rp.kid_miss_refetch_seconds.is_some(),
+    )?;
 
     let keys = match (rp.jwks, rp.jwks_uri) {
         (Some(_), Some(_)) => {
@@ -621,6 +662,26 @@ fn provider(
                     ),
                 ));
             }
+            let max_bytes = within(
+                &at("jwksMaxBytes"),
+                rp.jwks_max_bytes.unwrap_or(DEFAULT_JWKS_MAX_BYTES),
+                1024,
+                MAX_JWKS_BYTES as u64,
+            )?;
+            let max_staleness_seconds = within(
+                &at("jwksMaxStalenessSeconds"),
+                rp.jwks_max_staleness_seconds
+                    .unwrap_or(DEFAULT_JWKS_MAX_STALENESS_SECONDS),
+                refresh_seconds,
+                30 * 86_400,
+            )?;
+            let kid_miss_refetch_seconds = within(
+                &at("kidMissRefetchSeconds"),
+                rp.kid_miss_refetch_seconds
+                    .unwrap_or(DEFAULT_KID_MISS_REFETCH_SECONDS),
+                1,
+                3_600,
+            )?;
             KeySource::Remote(RemoteJwks {
                 uri,
                 cluster,
@@ -628,6 +689,9 @@ fn provider(
                 path,
                 timeout_ms,
                 refresh_seconds,
+                max_bytes: usize::try_from(max_bytes).unwrap_or(MAX_JWKS_BYTES),
+                max_staleness_seconds,
+                kid_miss_refetch_seconds,
             })
         }
     };
@@ -726,6 +790,18 @@ fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(lower)
+}
+
+/// `value` if it lies in `min..=max`, else an error naming the field.
+fn within(at: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            at,
+            format!("must be between {min} and {max}"),
+        ))
+    }
 }
 
 /// Names used in shared-data keys and metrics: 1-32 characters of `[a-z0-9_-]`.

@@ -48,6 +48,15 @@ pub enum Forbidden {
 }
 
 impl Forbidden {
+    pub const ALL: [Forbidden; 6] = [
+        Forbidden::InsufficientScope,
+        Forbidden::InsufficientPermissions,
+        Forbidden::MtlsRequired,
+        Forbidden::PeerNotAllowed,
+        Forbidden::NoRoute,
+        Forbidden::NotFound,
+    ];
+
     fn description(self) -> &'static str {
         match self {
             Forbidden::InsufficientScope => "insufficient scope",
@@ -71,7 +80,25 @@ impl Forbidden {
     }
 }
 
+impl RateLimited {
+    pub const ALL: [RateLimited; 3] = [
+        RateLimited::Limit,
+        RateLimited::FailedAuth,
+        RateLimited::Contention,
+    ];
+}
+
 impl Reason {
+    /// Every reason, for defining one metric per reason code up front.
+    pub fn all() -> Vec<Reason> {
+        let mut all = vec![Reason::MissingToken];
+        all.extend(RequestError::ALL.map(Reason::InvalidRequest));
+        all.extend(TokenError::ALL.map(Reason::InvalidToken));
+        all.extend(Forbidden::ALL.map(Reason::Forbidden));
+        all.extend(RateLimited::ALL.map(Reason::RateLimited));
+        all
+    }
+
     pub fn status(self) -> u16 {
         match self {
             Reason::MissingToken | Reason::InvalidToken(_) => 401,
@@ -157,11 +184,32 @@ pub struct Forward {
     pub response_headers: Vec<(&'static str, String)>,
 }
 
+/// The verified caller's identity keys, for logs (never the token, never other claims).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller {
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl Caller {
+    pub fn from_claims(c: &crate::jwt::jws::Claims) -> Caller {
+        let text = |name: &str| c.all.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        Caller {
+            iss: c.iss.clone(),
+            sub: c.sub.clone(),
+            client_id: text("client_id").or_else(|| text("azp")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub reason: Reason,
     /// Name of the matched route, for logs.
     pub route: Option<String>,
+    /// Who was refused, when authenticated (for logs).
+    pub caller: Option<Caller>,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
@@ -199,6 +247,7 @@ impl LocalReply {
         LocalReply {
             reason,
             route: None,
+            caller: None,
             status: reason.status(),
             headers,
             body: body.to_string(),
@@ -240,6 +289,16 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(body["error_description"], desc);
         }
+    }
+
+    #[test]
+    fn reason_codes_are_distinct_metric_names() {
+        let codes: std::collections::BTreeSet<String> =
+            Reason::all().into_iter().map(Reason::code).collect();
+        assert_eq!(codes.len(), Reason::all().len());
+        assert!(codes.iter().all(|c| c
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')));
     }
 
     fn header<'a>(r: &'a LocalReply, name: &str) -> &'a str {

@@ -8,11 +8,11 @@
 use serde_json::Value;
 
 use crate::config::{Config, TokenSource};
-use crate::decision::{Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
+use crate::decision::{Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
 use crate::identity::Peer;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
-use crate::jwt::verify::{check_binding, verify, KeyLookup, VerifiedToken};
+use crate::jwt::verify::{check_binding, verify, KeyLookup, Rejected, VerifiedToken};
 use crate::jwt::TokenError;
 use crate::policy::path::normalize;
 use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
@@ -45,6 +45,8 @@ pub struct Events {
     pub cas_contention: u32,
     /// Charges that landed on a slot another identity was using.
     pub shared_slots: u32,
+    /// The provider whose key set lacked a token's `kid` (a refetch may be due).
+    pub key_miss: Option<usize>,
 }
 
 /// A refusal before it becomes an answer.
@@ -55,12 +57,15 @@ struct Refusal {
     scope: Option<String>,
     /// Extra answer headers (rate-limit headers).
     headers: Vec<(&'static str, String)>,
+    /// The verified caller, when the refusal came after authentication.
+    caller: Option<Box<Caller>>,
 }
 
 impl Refusal {
     fn new(reason: Reason) -> Refusal {
         Refusal {
             reason,
+            caller: None,
             scope: None,
             headers: Vec::new(),
         }
@@ -146,6 +151,7 @@ impl Engine {
             LocalReply::new(refusal.reason, &self.config.realm, refusal.scope.as_deref());
         reply.headers.extend(refusal.headers);
         reply.route = route.map(|r| r.name.clone());
+        reply.caller = refusal.caller.map(|c| *c);
         match mode {
             Mode::Enforce => Decision::Deny(reply),
             Mode::DryRun => {
@@ -176,13 +182,17 @@ impl Engine {
                 }
             }
         };
+        let caller = claims.as_ref().map(|c| Box::new(Caller::from_claims(c)));
+        let with_caller = |mut r: Refusal| {
+            r.caller = caller.clone();
+            r
+        };
         if let Some(rl) = &self.config.rate_limits {
-            self.rate_limit(rl, req.peer, claims.as_ref(), route, inputs, fwd, events)?;
+            self.rate_limit(rl, req.peer, claims.as_ref(), route, inputs, fwd, events)
+                .map_err(with_caller)?;
         }
-        route
-            .require
-            .check(claims.as_ref(), req.peer)
-            .map_err(|d| match d {
+        route.require.check(claims.as_ref(), req.peer).map_err(|d| {
+            with_caller(match d {
                 Denial::TokenRequired => Refusal::new(Reason::MissingToken),
                 Denial::InsufficientScope(scope) => Refusal {
                     scope: Some(scope),
@@ -196,6 +206,7 @@ impl Engine {
                     Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
                 }
             })
+        })
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
@@ -230,7 +241,10 @@ impl Engine {
         let result = self.verify_credential(req, inputs, &credential.token, &credential.sources);
         let verified = match result {
             Ok(v) => v,
-            Err(e) => {
+            Err(Rejected { error: e, provider }) => {
+                if e == TokenError::UnknownKey {
+                    events.key_miss = provider;
+                }
                 if let Some((limit, key, hash)) = &guard {
                     if e != TokenError::KeysUnavailable {
                         let spent = charge(inputs.buckets, key, limit, 1, inputs.now_ns, *hash);
@@ -252,29 +266,28 @@ impl Engine {
         inputs: &Inputs<'_>,
         token: &str,
         sources: &[usize],
-    ) -> Result<VerifiedToken, TokenError> {
+    ) -> Result<VerifiedToken, Rejected> {
         let cfg = &self.config;
         // A cheap bound before any decoding; each provider applies its own after.
         if token.len() > cfg.max_token_bytes {
-            return Err(TokenError::TooLarge);
+            return Err(Rejected {
+                error: TokenError::TooLarge,
+                provider: None,
+            });
         }
-        let verified = verify(
-            token,
-            sources,
-            &cfg.providers,
-            inputs.keys,
-            inputs.now_ns / 1_000_000_000,
-        )?;
-        let required = cfg
-            .providers
-            .get(verified.provider)
-            .is_some_and(|p| p.require_certificate_binding);
+        let now_s = inputs.now_ns / 1_000_000_000;
+        let verified = verify(token, sources, &cfg.providers, inputs.keys, now_s)?;
+        let provider = cfg.providers.get(verified.provider);
+        let required = provider.is_some_and(|p| p.require_certificate_binding);
         let peer_digest = req
             .peer
             .certificate_sha256
             .as_deref()
             .filter(|_| req.peer.mtls);
-        check_binding(&verified.claims, required, peer_digest)?;
+        check_binding(&verified.claims, required, peer_digest).map_err(|error| Rejected {
+            error,
+            provider: Some(verified.provider),
+        })?;
         Ok(verified)
     }
 

@@ -7,6 +7,8 @@
 //! - `…/doc`: the last good JWKS document (written before `meta`, so a version always has one).
 //! - `…/lease`: [`Lease`], 8 bytes: until when one worker holds the right to fetch. Taken with
 //!   compare-and-swap, so one fetch runs per proxy; it expires by itself if its holder hangs.
+//! - `…/refetch`: 8 bytes, when a token with an unknown `kid` last caused a refetch (at most one
+//!   per `kidMissRefetchSeconds`, so bogus kids cannot cause a fetch storm).
 
 /// Extra time a lease outlives the fetch timeout before another worker may take over.
 pub const LEASE_MARGIN_MS: u64 = 1_000;
@@ -21,6 +23,7 @@ pub struct SharedKeys {
     pub meta: String,
     pub doc: String,
     pub lease: String,
+    pub refetch: String,
 }
 
 impl SharedKeys {
@@ -33,6 +36,7 @@ impl SharedKeys {
             meta: format!("{base}/meta"),
             doc: format!("{base}/doc"),
             lease: format!("{base}/lease"),
+            refetch: format!("{base}/refetch"),
         }
     }
 }
@@ -138,9 +142,25 @@ impl Lease {
     }
 }
 
+/// Whether a kid miss at `now_ms` may cause a refetch, given the last one (ms; 0 = never).
+pub fn refetch_allowed(last_ms: u64, now_ms: u64, interval_s: u64) -> bool {
+    last_ms == 0 || now_ms.saturating_sub(last_ms) >= interval_s.saturating_mul(1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kid_miss_refetches_are_rate_limited() {
+        assert!(refetch_allowed(0, 5, 30));
+        assert!(!refetch_allowed(1_000, 30_999, 30));
+        assert!(refetch_allowed(1_000, 31_000, 30));
+        assert!(
+            !refetch_allowed(50_000, 10_000, 30),
+            "clock going back grants nothing"
+        );
+    }
 
     #[test]
     fn meta_round_trips() {

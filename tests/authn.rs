@@ -30,6 +30,7 @@ struct Setup {
 fn plugin(refresh_seconds: u64) -> Value {
     json!({
         "realm": "orders-api",
+        "logLevel": "debug",
         "providers": [{
             "name": "idp",
             "issuer": ISSUER,

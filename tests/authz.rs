@@ -221,14 +221,7 @@ fn dry_run_passes_what_enforce_denies_and_logs_the_would_be_decision() {
         s.envoy.log_text().contains("dry_run_would_deny")
     });
     let log = s.envoy.log_text();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|l| {
-            l.find("{\"meshguard\":\"dry_run_would_deny\"")
-                .map(|i| &l[i..])
-        })
-        .map(|j| serde_json::from_str(j).unwrap())
-        .collect();
+    let lines = json_log_lines(&log, "dry_run_would_deny");
     assert_eq!(
         lines.len(),
         1,

@@ -33,6 +33,7 @@ fn setup(rate_limits: Value, routes: Value) -> Setup {
     let idp = JwksServer::start(jwks_doc.clone());
     let upstream = echo_upstream();
     let plugin = json!({
+        "logLevel": "debug",
         "rolesClaim": "role",
         "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks_doc}],
         "rateLimits": rate_limits,

@@ -1,4 +1,8 @@
 //! HTTP context: gather the request's inputs, call the core once, apply the decision.
+//!
+//! When a token names a `kid` the provider's keys lack, this worker first catches up with the
+//! shared key set; if that does not help and the provider's refetch slot is free, it fetches the
+//! JWKS itself and the request waits for it, so the first token signed with a rotated key passes.
 
 use std::rc::Rc;
 
@@ -8,17 +12,20 @@ use proxy_wasm::types::{Action, LogLevel};
 use crate::decision::{Decision, LocalReply, Reason};
 use crate::engine::{Events, Inputs};
 use crate::identity::Peer;
+use crate::jwks_sync::Lease;
 use crate::jwt::TokenError;
 use crate::request::RequestView;
 
 use super::buckets::SharedData;
 use super::root::Worker;
-use super::{log, now_ns};
+use super::{jwks, log, now_ms, now_ns};
 
 pub struct Filter {
     worker: Rc<Worker>,
     /// Headers to add to the upstream's response (remaining quota).
     response_headers: Vec<(&'static str, String)>,
+    /// A kid-miss refetch this request waits for: call token, provider, lease.
+    refetch: Option<(u32, usize, Lease)>,
 }
 
 impl Filter {
@@ -26,6 +33,7 @@ impl Filter {
         Filter {
             worker,
             response_headers: Vec::new(),
+            refetch: None,
         }
     }
 
@@ -42,47 +50,23 @@ impl Filter {
 
     fn peer(&self) -> Peer {
         let mtls = self.property_bool(vec!["connection", "mtls"]);
+        let cert = |p: &str| {
+            if mtls {
+                self.property_string(vec!["connection", p])
+            } else {
+                None
+            }
+        };
         Peer {
             mtls,
-            uri_san: if mtls {
-                self.property_string(vec!["connection", "uri_san_peer_certificate"])
-            } else {
-                None
-            },
-            certificate_sha256: if mtls {
-                self.property_string(vec!["connection", "sha256_peer_certificate_digest"])
-            } else {
-                None
-            },
+            uri_san: cert("uri_san_peer_certificate"),
+            certificate_sha256: cert("sha256_peer_certificate_digest"),
             source_address: self.property_string(vec!["source", "address"]),
         }
     }
 
-    fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> Decision {
-        let keys = self.worker.keys.borrow();
-        let inputs = Inputs {
-            keys: &*keys,
-            buckets: &SharedData,
-            now_ns,
-        };
-        let mut events = Events::default();
-        let decision = self.worker.engine.decide(req, &inputs, &mut events);
-        self.worker.metrics.record(&events);
-        decision
-    }
-}
-
-impl Context for Filter {}
-
-impl HttpContext for Filter {
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(name, Some(&value));
-        }
-        Action::Continue
-    }
-
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    /// Reads the request, decides (catching up with shared keys once on a key miss).
+    fn evaluate(&self) -> (Decision, Events, Peer) {
         let headers = self.get_http_request_headers_bytes();
         // A missing or non-UTF-8 `:path` (HTTP/2 allows one) becomes "", which the core refuses
         // with 400: never a default path that could match a weaker route.
@@ -99,35 +83,49 @@ impl HttpContext for Filter {
             headers: &headers,
             peer: &peer,
         };
-
-        let mut decision = self.decide(&req, now);
-        // Keys another worker fetched may not be loaded here yet: catch up once and retry (also
-        // in dry-run, so a would-deny is not counted for keys this worker merely lacked).
-        let key_miss = |reason: Reason| {
-            matches!(
-                reason,
-                Reason::InvalidToken(TokenError::KeysUnavailable | TokenError::UnknownKey)
-            )
-        };
+        let (mut decision, mut events) = self.decide(&req, now);
         let missed = match &decision {
             Decision::Deny(reply) => key_miss(reply.reason),
             Decision::Allow(fwd) => fwd.dry_run.as_ref().is_some_and(|r| key_miss(r.reason)),
         };
+        let now_ms = now / 1_000_000;
         if missed
-            && self
-                .worker
-                .keys
-                .borrow_mut()
-                .sync(&self.worker.engine.config)
+            && self.worker.keys.borrow_mut().sync(
+                &self.worker.engine.config,
+                &self.worker.metrics,
+                now_ms,
+            )
         {
-            decision = self.decide(&req, now);
+            (decision, events) = self.decide(&req, now);
         }
+        (decision, events, peer)
+    }
 
+    fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> (Decision, Events) {
+        let keys = self.worker.keys.borrow();
+        let inputs = Inputs {
+            keys: &*keys,
+            buckets: &SharedData,
+            now_ns,
+        };
+        let mut events = Events::default();
+        let decision = self.worker.engine.decide(req, &inputs, &mut events);
+        self.worker.metrics.record(&events);
+        (decision, events)
+    }
+
+    /// Applies a decision: forward (`Continue`) or answer locally (`Pause`).
+    fn apply(&mut self, decision: Decision, peer: &Peer) -> Action {
+        let metrics = &self.worker.metrics;
         match decision {
             Decision::Allow(fwd) => {
+                metrics.allowed();
                 if let Some(would) = &fwd.dry_run {
-                    self.worker.metrics.dry_run_would_deny();
-                    log(LogLevel::Info, &decision_line("dry_run_would_deny", would));
+                    metrics.dry_run_would_deny();
+                    log(
+                        LogLevel::Info,
+                        &self.decision_line("dry_run_would_deny", would, peer),
+                    );
                 } else {
                     log(LogLevel::Debug, "meshguard: allow");
                 }
@@ -141,7 +139,8 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Decision::Deny(reply) => {
-                log(LogLevel::Debug, &decision_line("deny", &reply));
+                metrics.denied(reply.reason);
+                log(LogLevel::Info, &self.decision_line("deny", &reply, peer));
                 let headers: Vec<(&str, &str)> = reply
                     .headers
                     .iter()
@@ -156,15 +155,83 @@ impl HttpContext for Filter {
             }
         }
     }
+
+    /// One JSON line per denial or dry-run would-deny: reason, status, route, request id and
+    /// identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never the
+    /// token or other claims.
+    fn decision_line(&self, event: &str, reply: &LocalReply, peer: &Peer) -> String {
+        let caller = reply.caller.clone().unwrap_or_default();
+        serde_json::json!({
+            "meshguard": event,
+            "status": reply.status,
+            "reason": reply.reason.code(),
+            "route": reply.route,
+            "request_id": self.property_string(vec!["request", "id"]),
+            "source_address": peer.source_address,
+            "spiffe_id": peer.spiffe().map(|id| id.uri),
+            "iss": caller.iss,
+            "sub": caller.sub,
+            "client_id": caller.client_id,
+        })
+        .to_string()
+    }
 }
 
-/// One JSON line for a denial or a dry-run would-deny: reason code, status, route; no token.
-fn decision_line(event: &str, reply: &LocalReply) -> String {
-    serde_json::json!({
-        "meshguard": event,
-        "status": reply.status,
-        "reason": reply.reason.code(),
-        "route": reply.route,
-    })
-    .to_string()
+fn key_miss(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::InvalidToken(TokenError::KeysUnavailable | TokenError::UnknownKey)
+    )
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((expected, index, lease)) = self.refetch.take() else {
+            return;
+        };
+        if token != expected {
+            return;
+        }
+        let now = now_ms(self.get_current_time());
+        let worker = self.worker.clone();
+        jwks::finish(self, &worker, index, lease, body_size, now);
+        let (decision, _, peer) = self.evaluate();
+        if self.apply(decision, &peer) == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (decision, events, peer) = self.evaluate();
+        if let Some(index) = events.key_miss {
+            let now = now_ms(self.get_current_time());
+            if jwks::claim_refetch(&self.worker, index, now) {
+                let worker = self.worker.clone();
+                if let Some((token, lease)) = jwks::start(self, &worker, index, now, true) {
+                    log(
+                        LogLevel::Info,
+                        "meshguard: unknown kid: refetching the JWKS; the request waits",
+                    );
+                    self.refetch = Some((token, index, lease));
+                    return Action::Pause;
+                }
+            }
+        }
+        self.apply(decision, &peer)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        Action::Continue
+    }
 }

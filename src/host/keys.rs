@@ -1,7 +1,9 @@
 //! The worker's verification keys. Inline key sets are fixed at configure time; remote ones are
-//! re-parsed from Envoy shared data only when the provider's 28-byte meta version changes.
+//! re-parsed from Envoy shared data only when the provider's 28-byte meta version changes, and
+//! dropped once older than the provider's maximum staleness (tokens then fail closed).
 
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::LogLevel;
 
 use crate::config::{Config, KeySource};
 use crate::jwks_sync::{JwksMeta, SharedKeys};
@@ -9,7 +11,7 @@ use crate::jwt::jwks::KeySet;
 use crate::jwt::verify::KeyLookup;
 
 use super::log;
-use proxy_wasm::types::LogLevel;
+use super::metrics::Metrics;
 
 pub struct WorkerKeys {
     sets: Vec<Option<KeySet>>,
@@ -54,35 +56,62 @@ impl WorkerKeys {
             .all(|(r, s)| r.is_none() || s.as_ref().is_some_and(|s| !s.is_empty()))
     }
 
-    /// Loads newer key sets from shared data. Returns true when any set changed.
-    pub fn sync(&mut self, config: &Config) -> bool {
+    /// Loads newer key sets from shared data and drops key sets past their maximum staleness.
+    /// Returns true when any set changed.
+    pub fn sync(&mut self, config: &Config, metrics: &Metrics, now_ms: u64) -> bool {
         let mut changed = false;
         for (i, p) in config.providers.iter().enumerate() {
+            let KeySource::Remote(remote) = &p.keys else {
+                continue;
+            };
             let Some(Some((keys, loaded))) = self.remote.get_mut(i) else {
+                continue;
+            };
+            let Some(slot) = self.sets.get_mut(i) else {
                 continue;
             };
             let Some(meta) = read_meta(&keys.meta) else {
                 continue;
             };
-            if meta.version == 0 || meta.version == *loaded {
-                continue;
-            }
-            let Ok((Some(doc), _)) = hostcalls::get_shared_data(&keys.doc) else {
-                continue;
-            };
-            match KeySet::from_jwks(&doc, &p.algorithms) {
-                Ok(set) if !set.is_empty() => {
-                    if let Some(slot) = self.sets.get_mut(i) {
-                        *slot = Some(set);
-                    }
-                    *loaded = meta.version;
+            let stale = meta.version > 0
+                && now_ms.saturating_sub(meta.fetched_at_ms)
+                    > remote.max_staleness_seconds.saturating_mul(1000);
+            if stale {
+                if slot.take().is_some() {
                     changed = true;
+                    log(
+                        LogLevel::Error,
+                        &format!(
+                            "meshguard: provider {}: keys older than jwksMaxStalenessSeconds ({} s): dropped, tokens fail closed until a fetch succeeds",
+                            p.name, remote.max_staleness_seconds
+                        ),
+                    );
                 }
-                // The fetcher stores only documents with usable keys; keep what we have.
-                _ => log(
-                    LogLevel::Error,
-                    &format!("meshguard: provider {}: shared JWKS unusable", p.name),
-                ),
+            } else if meta.version != 0 && meta.version != *loaded {
+                let Ok((Some(doc), _)) = hostcalls::get_shared_data(&keys.doc) else {
+                    continue;
+                };
+                match KeySet::from_jwks(&doc, &p.algorithms) {
+                    Ok(set) if !set.is_empty() => {
+                        *slot = Some(set);
+                        *loaded = meta.version;
+                        changed = true;
+                    }
+                    // The fetcher stores only documents with usable keys; keep what we have.
+                    _ => log(
+                        LogLevel::Error,
+                        &format!("meshguard: provider {}: shared JWKS unusable", p.name),
+                    ),
+                }
+            }
+            if let Some(m) = metrics.provider(i) {
+                m.keys_loaded(slot.as_ref().map_or(0, KeySet::len));
+                let age = if meta.version == 0 {
+                    0
+                } else {
+                    now_ms.saturating_sub(meta.fetched_at_ms) / 1000
+                };
+                m.age(age);
             }
         }
         changed

@@ -1,28 +1,69 @@
-//! Counters through the host metric API (they appear in Envoy's `/stats` and
-//! `/stats/prometheus`), named `meshguard.<plugin name>.<counter>` so that two plugin instances do
-//! not collide.
+//! Metrics through the host metric API (Envoy's `/stats` and `/stats/prometheus`), named
+//! `meshguard.<plugin name>.<metric>` so that two plugin instances do not collide. Every metric
+//! is defined when the plugin is configured, so all of them show (at 0) from the start.
+
+use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::config::Config;
+use crate::decision::Reason;
 use crate::engine::Events;
 
 pub struct Metrics {
+    allowed: Option<u32>,
+    /// `denied.<reason code>` per reason.
+    denied: HashMap<String, u32>,
     dry_run_would_deny: Option<u32>,
     cas_contention: Option<u32>,
     rate_limit_slot_shared: Option<u32>,
+    providers: Vec<ProviderMetrics>,
+}
+
+/// `jwks.<provider>.*`
+pub struct ProviderMetrics {
+    fetch_ok: Option<u32>,
+    fetch_failed: Option<u32>,
+    keys_loaded: Option<u32>,
+    keys_skipped: Option<u32>,
+    age_seconds: Option<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
 }
 
 impl Metrics {
-    pub fn define(plugin: &str) -> Metrics {
-        let counter = |name: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("meshguard.{plugin}.{name}"))
-                .ok()
-        };
+    pub fn define(plugin: &str, config: &Config) -> Metrics {
+        let name = |m: &str| format!("meshguard.{plugin}.{m}");
+        let counter = |m: &str| define(MetricType::Counter, &name(m));
+        let gauge = |m: &str| define(MetricType::Gauge, &name(m));
+        let denied = Reason::all()
+            .into_iter()
+            .filter_map(|r| {
+                let code = r.code();
+                counter(&format!("denied.{code}")).map(|id| (code, id))
+            })
+            .collect();
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| ProviderMetrics {
+                fetch_ok: counter(&format!("jwks.{}.fetch_ok", p.name)),
+                fetch_failed: counter(&format!("jwks.{}.fetch_failed", p.name)),
+                keys_loaded: gauge(&format!("jwks.{}.keys_loaded", p.name)),
+                keys_skipped: counter(&format!("jwks.{}.keys_skipped", p.name)),
+                age_seconds: gauge(&format!("jwks.{}.age_seconds", p.name)),
+            })
+            .collect();
         Metrics {
+            allowed: counter("allowed"),
+            denied,
             dry_run_would_deny: counter("dry_run_would_deny"),
             cas_contention: counter("cas_contention"),
             rate_limit_slot_shared: counter("rate_limit_slot_shared"),
+            providers,
         }
     }
 
@@ -31,13 +72,49 @@ impl Metrics {
         add(self.rate_limit_slot_shared, events.shared_slots);
     }
 
+    pub fn allowed(&self) {
+        add(self.allowed, 1);
+    }
+
+    pub fn denied(&self, reason: Reason) {
+        add(self.denied.get(&reason.code()).copied(), 1);
+    }
+
     pub fn dry_run_would_deny(&self) {
         add(self.dry_run_would_deny, 1);
+    }
+
+    pub fn provider(&self, index: usize) -> Option<&ProviderMetrics> {
+        self.providers.get(index)
+    }
+}
+
+impl ProviderMetrics {
+    pub fn fetched(&self, ok: bool) {
+        add(if ok { self.fetch_ok } else { self.fetch_failed }, 1);
+    }
+
+    pub fn skipped(&self, n: usize) {
+        add(self.keys_skipped, u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
+    pub fn keys_loaded(&self, n: usize) {
+        set(self.keys_loaded, n as u64);
+    }
+
+    pub fn age(&self, seconds: u64) {
+        set(self.age_seconds, seconds);
     }
 }
 
 fn add(id: Option<u32>, n: u32) {
     if let (Some(id), true) = (id, n > 0) {
         let _ = hostcalls::increment_metric(id, i64::from(n));
+    }
+}
+
+fn set(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
     }
 }

@@ -24,6 +24,12 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    pub const ALL: [RequestError; 3] = [
+        RequestError::MultipleCredentials,
+        RequestError::EmptyCredentials,
+        RequestError::InvalidPath,
+    ];
+
     pub fn description(self) -> &'static str {
         match self {
             RequestError::MultipleCredentials => "multiple credentials",

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::{Algorithm, KeyFamily};
 
-/// Largest JWKS document accepted, in bytes.
-pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// Largest JWKS document ever parsed, in bytes (`jwksMaxBytes` may only lower it).
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Most keys kept from one document.
 pub const MAX_KEYS: usize = 64;
 

@@ -105,6 +105,27 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    pub const ALL: [TokenError; 18] = [
+        TokenError::Malformed,
+        TokenError::TooLarge,
+        TokenError::UnsupportedAlgorithm,
+        TokenError::AlgorithmNotAllowed,
+        TokenError::UnknownIssuer,
+        TokenError::KeysUnavailable,
+        TokenError::UnknownKey,
+        TokenError::AmbiguousKey,
+        TokenError::BadSignature,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::IssuedInFuture,
+        TokenError::MissingExpiration,
+        TokenError::LifetimeTooLong,
+        TokenError::Audience,
+        TokenError::BindingMismatch,
+        TokenError::BindingRequired,
+        TokenError::UnsupportedBinding,
+    ];
+
     /// The fixed `error_description` sent to clients.
     pub fn description(self) -> &'static str {
         match self {

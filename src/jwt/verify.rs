@@ -23,6 +23,13 @@ pub struct VerifiedToken {
     pub claims: Claims,
 }
 
+/// A refused token, and the provider it was judged against (once its issuer is known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub error: TokenError,
+    pub provider: Option<usize>,
+}
+
 /// Verifies `token`, found at one of `sources` (indexes into `Config::token_sources`).
 pub fn verify(
     token: &str,
@@ -30,42 +37,50 @@ pub fn verify(
     providers: &[Provider],
     keys: &dyn KeyLookup,
     now_s: u64,
-) -> Result<VerifiedToken, TokenError> {
-    let parsed = jws::parse(token)?;
+) -> Result<VerifiedToken, Rejected> {
+    let early = |error| Rejected {
+        error,
+        provider: None,
+    };
+    let parsed = jws::parse(token).map_err(early)?;
     let iss = parsed
         .claims
         .iss
         .as_deref()
-        .ok_or(TokenError::UnknownIssuer)?;
+        .ok_or(early(TokenError::UnknownIssuer))?;
     let (index, provider) = providers
         .iter()
         .enumerate()
         .find(|(_, p)| p.issuer == iss && p.sources.iter().any(|s| sources.contains(s)))
-        .ok_or(TokenError::UnknownIssuer)?;
+        .ok_or(early(TokenError::UnknownIssuer))?;
+    let fail = |error| Rejected {
+        error,
+        provider: Some(index),
+    };
     if token.len() > provider.max_token_bytes {
-        return Err(TokenError::TooLarge);
+        return Err(fail(TokenError::TooLarge));
     }
-    let alg = Algorithm::parse(&parsed.alg).ok_or(TokenError::UnsupportedAlgorithm)?;
+    let alg = Algorithm::parse(&parsed.alg).ok_or(fail(TokenError::UnsupportedAlgorithm))?;
     if !provider.algorithms.contains(&alg) {
-        return Err(TokenError::AlgorithmNotAllowed);
+        return Err(fail(TokenError::AlgorithmNotAllowed));
     }
     let set = keys
         .keys(index)
         .filter(|s| !s.is_empty())
-        .ok_or(TokenError::KeysUnavailable)?;
-    let key = set
-        .select(parsed.kid.as_deref(), alg)
-        .map_err(|e| match e {
+        .ok_or(fail(TokenError::KeysUnavailable))?;
+    let key = set.select(parsed.kid.as_deref(), alg).map_err(|e| {
+        fail(match e {
             KeySelectError::UnknownKid | KeySelectError::NoKeyForAlgorithm => {
                 TokenError::UnknownKey
             }
             KeySelectError::AlgorithmMismatch => TokenError::AlgorithmNotAllowed,
             KeySelectError::Ambiguous => TokenError::AmbiguousKey,
-        })?;
+        })
+    })?;
     if key.verify_signature(token, alg) != SignatureCheck::Valid {
-        return Err(TokenError::BadSignature);
+        return Err(fail(TokenError::BadSignature));
     }
-    check_claims(&parsed.claims, provider, now_s)?;
+    check_claims(&parsed.claims, provider, now_s).map_err(fail)?;
     Ok(VerifiedToken {
         provider: index,
         claims: parsed.claims,

@@ -1084,3 +1084,12 @@ pub fn envoy_allocated(envoy: &Envoy) -> u64 {
     let v: Value = serde_json::from_str(&body).unwrap();
     v["allocated"].as_str().unwrap().parse().unwrap()
 }
+
+/// meshguard's JSON log lines with `"meshguard": event` from an Envoy log.
+pub fn json_log_lines(log: &str, event: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| l.find("{\"").map(|i| &l[i..]))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .filter(|v| v["meshguard"] == event)
+        .collect()
+}
