@@ -13,7 +13,7 @@ export ENVOY_BIN
 export MESHGUARD_WASM := $(CURDIR)/$(WASM)
 WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 
-.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo clean
+.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config clean
 
 all: build
 
@@ -49,6 +49,12 @@ test: lint build test-unit test-wasm test-integration
 
 demo: build
 	cargo test --quiet --test demo -- --nocapture --test-threads 1
+
+# Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
+#   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml
+check-config:
+	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=<file>"; exit 2; }
+	cargo run --quiet --bin meshguard-check -- $(CONFIG)
 
 clean:
 	cargo clean

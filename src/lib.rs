@@ -9,6 +9,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | `check` | offline configuration check (host only; `meshguard-check`) |
 //! | [`config`] | JSON plugin configuration → validated [`config::Config`], errors naming the field |
 //! | [`request`] | [`request::RequestView`]: the plain data of one request |
 //! | [`identity`] | the mTLS peer and its SPIFFE ID |
@@ -18,6 +19,8 @@
 //! | [`engine`] | the pipeline: one call per request |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches |
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod check;
 pub mod config;
 pub mod decision;
 pub mod engine;

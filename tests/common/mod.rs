@@ -349,6 +349,9 @@ fn serve(conn: TcpStream, handler: &Handler, hits: &Mutex<Vec<ServerRequest>>) {
         if !reply.delay.is_zero() {
             thread::sleep(reply.delay);
         }
+        if reply.status == 0 {
+            return; // "down": close without an answer
+        }
         let out = format!(
             "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
             reply.status,
@@ -361,25 +364,25 @@ fn serve(conn: TcpStream, handler: &Handler, hits: &Mutex<Vec<ServerRequest>>) {
     }
 }
 
-/// The JWKS endpoint: serves whatever document and status the test sets, and counts fetches.
+/// The JWKS endpoint: serves whatever document, status and delay the test sets (status 0 closes
+/// the connection without an answer), and counts fetches.
 pub struct JwksServer {
     pub server: TestServer,
-    pub doc: Arc<Mutex<(u16, String)>>,
+    pub doc: Arc<Mutex<ServerReply>>,
 }
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 impl JwksServer {
     pub fn start(doc: String) -> JwksServer {
-        let state = Arc::new(Mutex::new((200u16, doc)));
+        let state = Arc::new(Mutex::new(ServerReply {
+            status: 200,
+            body: doc,
+            delay: Duration::ZERO,
+        }));
         let s = state.clone();
         let server = TestServer::start(Arc::new(move |_req: &ServerRequest| {
-            let (status, body) = s.lock().unwrap().clone();
-            ServerReply {
-                status,
-                body,
-                delay: Duration::ZERO,
-            }
+            s.lock().unwrap().clone()
         }));
         JwksServer { server, doc: state }
     }
@@ -389,7 +392,16 @@ impl JwksServer {
     }
 
     pub fn set(&self, status: u16, doc: String) {
-        *self.doc.lock().unwrap() = (status, doc);
+        *self.doc.lock().unwrap() = ServerReply {
+            status,
+            body: doc,
+            delay: Duration::ZERO,
+        };
+    }
+
+    /// Answers after `delay` (slower than the fetch timeout means a timeout).
+    pub fn set_slow(&self, delay: Duration) {
+        self.doc.lock().unwrap().delay = delay;
     }
 }
 
@@ -975,37 +987,15 @@ impl Shipped {
         serde_yaml_ng::to_string(&y).unwrap()
     }
 
-    /// Every meshguard plugin configuration in the file, as the bytes Envoy would hand over.
+    /// Every meshguard plugin configuration in the file, as the bytes Envoy would hand over
+    /// (found by the same code as `meshguard-check`).
     pub fn plugin_configs(&self) -> Vec<Vec<u8>> {
-        fn find(v: &serde_yaml_ng::Value, out: &mut Vec<Vec<u8>>) {
-            use serde_yaml_ng::Value as Y;
-            match v {
-                Y::Mapping(m) => {
-                    if let Some(Y::Mapping(c)) = m.get("configuration") {
-                        let ty = c.get("@type").and_then(Y::as_str).unwrap_or("");
-                        match (ty, c.get("value")) {
-                            (
-                                "type.googleapis.com/google.protobuf.StringValue",
-                                Some(Y::String(s)),
-                            ) => out.push(s.as_bytes().to_vec()),
-                            ("type.googleapis.com/google.protobuf.Struct", Some(v)) => out.push(
-                                serde_json::to_vec(
-                                    &serde_yaml_ng::from_value::<Value>(v.clone()).unwrap(),
-                                )
-                                .unwrap(),
-                            ),
-                            _ => panic!("unsupported plugin configuration type {ty:?}"),
-                        }
-                    }
-                    m.values().for_each(|x| find(x, out));
-                }
-                Y::Sequence(s) => s.iter().for_each(|x| find(x, out)),
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        find(&self.yaml, &mut out);
-        out
+        let text = fs::read_to_string(&self.path).unwrap();
+        meshguard::check::find_plugin_configs(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.path.display()))
+            .into_iter()
+            .map(|f| f.bytes)
+            .collect()
     }
 }
 

@@ -1,0 +1,145 @@
+//! Offline configuration check (host only): finds meshguard plugin configurations in a file and
+//! parses them with the same code as the filter. Accepts a plugin configuration (JSON or YAML),
+//! Istio `WasmPlugin` manifests (`spec.pluginConfig`, several documents allowed) and Envoy
+//! bootstraps (every Wasm filter `configuration`, `StringValue` or `Struct`).
+
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError};
+
+/// One plugin configuration found in a file, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub location: String,
+    /// The bytes Envoy would hand the plugin.
+    pub bytes: Vec<u8>,
+}
+
+/// Every meshguard plugin configuration in `text`.
+pub fn find_plugin_configs(text: &str) -> Result<Vec<Found>, String> {
+    let mut found = Vec::new();
+    for (n, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("document {n}: not YAML/JSON: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let at = |what: &str| format!("document {n}: {what}");
+        if value["kind"] == "WasmPlugin" {
+            let config = &value["spec"]["pluginConfig"];
+            let name = value["metadata"]["name"].as_str().unwrap_or("?");
+            found.push(Found {
+                location: at(&format!("WasmPlugin {name} spec.pluginConfig")),
+                bytes: config.to_string().into_bytes(),
+            });
+        } else if value.get("static_resources").is_some()
+            || value.get("dynamic_resources").is_some()
+        {
+            envoy_configs(&value, &mut Vec::new(), &mut |path, bytes| {
+                found.push(Found {
+                    location: at(&format!("Envoy {path}")),
+                    bytes,
+                });
+            })?;
+        } else if value.get("providers").is_some() {
+            found.push(Found {
+                location: at("plugin configuration"),
+                bytes: value.to_string().into_bytes(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Walks an Envoy config for Wasm filter `configuration` fields.
+fn envoy_configs(
+    v: &Value,
+    path: &mut Vec<String>,
+    out: &mut dyn FnMut(String, Vec<u8>),
+) -> Result<(), String> {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Object(c)) = m.get("configuration") {
+                let here = format!("{}.configuration", path.join("."));
+                match (c.get("@type").and_then(Value::as_str), c.get("value")) {
+                    (
+                        Some("type.googleapis.com/google.protobuf.StringValue"),
+                        Some(Value::String(s)),
+                    ) => out(here, s.clone().into_bytes()),
+                    (Some("type.googleapis.com/google.protobuf.Struct"), Some(v)) => {
+                        out(here, v.to_string().into_bytes())
+                    }
+                    (t, _) => return Err(format!("{here}: unsupported configuration type {t:?}")),
+                }
+            }
+            for (k, child) in m {
+                path.push(k.clone());
+                envoy_configs(child, path, out)?;
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                path.push(i.to_string());
+                envoy_configs(child, path, out)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses a found configuration like the filter does.
+pub fn check(found: &Found) -> Result<Config, ConfigError> {
+    Config::from_plugin_bytes(&found.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_configs_in_manifests_bootstraps_and_plain_files() {
+        let manifests = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: guard}
+spec:
+  pluginConfig:
+    providers: [{issuer: "https://i", jwksUri: "https://i/k", jwksCluster: "c"}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+"#;
+        let found = find_plugin_configs(manifests).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].location.contains("WasmPlugin guard"));
+        assert!(check(&found[0]).is_ok());
+        let plain = find_plugin_configs(r#"{"providers": [{"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": "c", "bogus": 1}]}"#).unwrap();
+        assert_eq!(
+            check(&plain[0]).unwrap_err().to_string().split(',').next(),
+            Some("providers[0].bogus: unknown field `bogus`")
+        );
+        let envoy = r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - typed_config:
+              config:
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"providers": []}'
+"#;
+        let found = find_plugin_configs(envoy).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            check(&found[0]).unwrap_err().to_string(),
+            "providers: at least one provider is required"
+        );
+    }
+}
