@@ -25,9 +25,15 @@ pub fn find_plugin_configs(text: &str) -> Result<Vec<Found>, String> {
             continue;
         }
         let at = |what: &str| format!("document {n}: {what}");
-        if value["kind"] == "WasmPlugin" {
-            let config = &value["spec"]["pluginConfig"];
-            let name = value["metadata"]["name"].as_str().unwrap_or("?");
+        if value.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+            let config = value
+                .pointer("/spec/pluginConfig")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let name = value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
             found.push(Found {
                 location: at(&format!("WasmPlugin {name} spec.pluginConfig")),
                 bytes: config.to_string().into_bytes(),
