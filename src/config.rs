@@ -11,6 +11,7 @@ mod ratelimits;
 mod routes;
 
 use crate::identity::PeerField;
+use crate::jwt::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::jwt::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
 use crate::jwt::Algorithm;
 use crate::policy::Policy;
@@ -81,6 +82,19 @@ struct RawConfig {
     rate_limits: Option<ratelimits::RawRateLimits>,
     #[serde(default)]
     log_level: Option<LogLevel>,
+    #[serde(default)]
+    token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    host_crypto: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTokenCache {
+    #[serde(default)]
+    max_entries: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 /// meshguard's own log threshold (Envoy's `wasm` log level filters on top).
@@ -191,6 +205,11 @@ pub struct Config {
     /// Rate-limit policies, when configured.
     pub rate_limits: Option<RateLimits>,
     pub log_level: LogLevel,
+    /// Verified-token cache per worker: most entries (0 = off) and bytes.
+    pub token_cache_entries: usize,
+    pub token_cache_bytes: usize,
+    /// Verify RS*/ES* through the host's BoringSSL when it offers `verify_signature`.
+    pub host_crypto: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +483,25 @@ impl TryFrom<RawConfig> for Config {
             .map(|p| p.max_token_bytes)
             .max()
             .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        let (cache_entries, cache_bytes) = match &raw.token_cache {
+            None => (DEFAULT_MAX_ENTRIES as u64, DEFAULT_MAX_BYTES as u64),
+            Some(c) => (
+                within(
+                    "tokenCache.maxEntries",
+                    c.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES as u64),
+                    0,
+                    100_000,
+                )?,
+                within(
+                    "tokenCache.maxBytes",
+                    c.max_bytes.unwrap_or(DEFAULT_MAX_BYTES as u64),
+                    4096,
+                    64 << 20,
+                )?,
+            ),
+        };
+        let cache_entries = usize::try_from(cache_entries).unwrap_or(0);
+        let cache_bytes = usize::try_from(cache_bytes).unwrap_or(0);
         let roles_claim = raw
             .roles_claim
             .unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_string());
@@ -495,6 +533,9 @@ impl TryFrom<RawConfig> for Config {
             policy,
             rate_limits,
             log_level: raw.log_level.unwrap_or_default(),
+            token_cache_entries: cache_entries,
+            token_cache_bytes: cache_bytes,
+            host_crypto: raw.host_crypto.unwrap_or(true),
         })
     }
 }

@@ -5,14 +5,19 @@
 //! authorize (peer, issuer, scopes, roles, claims) → upstream headers. In dry-run mode a refusal
 //! is recorded in the decision and the request goes on.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::config::{Config, TokenSource};
 use crate::decision::{Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
 use crate::identity::Peer;
+use crate::jwt::cache::{Cached, TokenCache};
+use crate::jwt::crypto::HostCrypto;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
-use crate::jwt::verify::{check_binding, verify, KeyLookup, Rejected, VerifiedToken};
+use crate::jwt::verify::{check_binding, check_claims, verify, KeyLookup, Rejected, VerifiedToken};
 use crate::jwt::TokenError;
 use crate::policy::path::normalize;
 use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
@@ -30,10 +35,13 @@ pub struct Engine {
     pub plugin: String,
 }
 
-/// What the host needs besides the request: keys, the bucket store, the clock.
+/// What the host needs besides the request: keys, the bucket store, the clock, and optionally
+/// host crypto and this worker's verified-token cache.
 pub struct Inputs<'a> {
     pub keys: &'a dyn KeyLookup,
     pub buckets: &'a dyn BucketStore,
+    pub crypto: Option<&'a dyn HostCrypto>,
+    pub cache: Option<&'a RefCell<TokenCache>>,
     /// Wall clock, ns since the Unix epoch.
     pub now_ns: u64,
 }
@@ -47,6 +55,8 @@ pub struct Events {
     pub shared_slots: u32,
     /// The provider whose key set lacked a token's `kid` (a refetch may be due).
     pub key_miss: Option<usize>,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
 }
 
 /// A refusal before it becomes an answer.
@@ -188,25 +198,30 @@ impl Engine {
             r
         };
         if let Some(rl) = &self.config.rate_limits {
-            self.rate_limit(rl, req.peer, claims.as_ref(), route, inputs, fwd, events)
+            self.rate_limit(rl, req.peer, claims.as_deref(), route, inputs, fwd, events)
                 .map_err(with_caller)?;
         }
-        route.require.check(claims.as_ref(), req.peer).map_err(|d| {
-            with_caller(match d {
-                Denial::TokenRequired => Refusal::new(Reason::MissingToken),
-                Denial::InsufficientScope(scope) => Refusal {
-                    scope: Some(scope),
-                    ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
-                },
-                Denial::InsufficientPermissions => {
-                    Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
-                }
-                Denial::MtlsRequired => Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired)),
-                Denial::PeerNotAllowed => {
-                    Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
-                }
+        route
+            .require
+            .check(claims.as_deref(), req.peer)
+            .map_err(|d| {
+                with_caller(match d {
+                    Denial::TokenRequired => Refusal::new(Reason::MissingToken),
+                    Denial::InsufficientScope(scope) => Refusal {
+                        scope: Some(scope),
+                        ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
+                    },
+                    Denial::InsufficientPermissions => {
+                        Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
+                    }
+                    Denial::MtlsRequired => {
+                        Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired))
+                    }
+                    Denial::PeerNotAllowed => {
+                        Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
+                    }
+                })
             })
-        })
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
@@ -218,7 +233,7 @@ impl Engine {
         inputs: &Inputs<'_>,
         fwd: &mut Forward,
         events: &mut Events,
-    ) -> Result<Option<Claims>, Refusal> {
+    ) -> Result<Option<Rc<Claims>>, Refusal> {
         let cfg = &self.config;
         let Some(credential) = extract(req, &cfg.token_sources)
             .map_err(|e| Refusal::new(Reason::InvalidRequest(e)))?
@@ -238,7 +253,8 @@ impl Engine {
                 });
             }
         }
-        let result = self.verify_credential(req, inputs, &credential.token, &credential.sources);
+        let result =
+            self.verify_credential(req, inputs, &credential.token, &credential.sources, events);
         let verified = match result {
             Ok(v) => v,
             Err(Rejected { error: e, provider }) => {
@@ -266,6 +282,7 @@ impl Engine {
         inputs: &Inputs<'_>,
         token: &str,
         sources: &[usize],
+        events: &mut Events,
     ) -> Result<VerifiedToken, Rejected> {
         let cfg = &self.config;
         // A cheap bound before any decoding; each provider applies its own after.
@@ -276,7 +293,55 @@ impl Engine {
             });
         }
         let now_s = inputs.now_ns / 1_000_000_000;
-        let verified = verify(token, sources, &cfg.providers, inputs.keys, now_s)?;
+        let hash = identity_hash(token);
+        let cached = inputs.cache.and_then(|c| {
+            let cache = c.borrow();
+            let hit = cache.get(token, hash)?;
+            let provider = cfg.providers.get(hit.provider)?;
+            let usable = provider.sources.iter().any(|s| sources.contains(s))
+                && inputs.keys.generation(hit.provider) == hit.generation;
+            usable.then(|| {
+                (
+                    provider,
+                    VerifiedToken {
+                        provider: hit.provider,
+                        claims: hit.claims.clone(),
+                    },
+                )
+            })
+        });
+        let verified = match cached {
+            Some((provider, verified)) => {
+                events.cache_hits += 1;
+                // Time and audience are judged again with the current clock.
+                check_claims(&verified.claims, provider, now_s).map_err(|error| Rejected {
+                    error,
+                    provider: Some(verified.provider),
+                })?;
+                verified
+            }
+            None => {
+                let verified = verify(
+                    token,
+                    sources,
+                    &cfg.providers,
+                    inputs.keys,
+                    inputs.crypto,
+                    now_s,
+                )?;
+                if let Some(cache) = inputs.cache {
+                    events.cache_misses += 1;
+                    let generation = inputs.keys.generation(verified.provider);
+                    let entry = Cached {
+                        provider: verified.provider,
+                        generation,
+                        claims: verified.claims.clone(),
+                    };
+                    cache.borrow_mut().insert(token, hash, entry);
+                }
+                verified
+            }
+        };
         let provider = cfg.providers.get(verified.provider);
         let required = provider.is_some_and(|p| p.require_certificate_binding);
         let peer_digest = req

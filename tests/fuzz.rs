@@ -110,7 +110,7 @@ proptest! {
     fn token_parsing_never_panics_and_never_accepts_garbage(s in "[A-Za-z0-9_.=+/ -]{0,200}") {
         let _ = jws::parse(&s);
         let cfg = Config::from_json(json!({"providers": [{"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": "c"}]}).to_string().as_bytes()).unwrap();
-        prop_assert!(verify(&s, &[0], &cfg.providers, &NoKeys, 1_800_000_000).is_err());
+        prop_assert!(verify(&s, &[0], &cfg.providers, &NoKeys, None, 1_800_000_000).is_err());
     }
 
     #[test]
@@ -135,7 +135,7 @@ proptest! {
         bytes[i] = byte;
         let mutated = String::from_utf8_lossy(&bytes).into_owned();
         let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
-        prop_assert!(verify(&token, &[0], &cfg.providers, &keys, now).is_ok());
-        prop_assert!(verify(&mutated, &[0], &cfg.providers, &keys, now).is_err(), "mutation accepted at {i}");
+        prop_assert!(verify(&token, &[0], &cfg.providers, &keys, None, now).is_ok());
+        prop_assert!(verify(&mutated, &[0], &cfg.providers, &keys, None, now).is_err(), "mutation accepted at {i}");
     }
 }

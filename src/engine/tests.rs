@@ -42,6 +42,8 @@ fn run(e: &(Engine, Inline), req: &RequestView<'_>) -> Decision {
     let inputs = Inputs {
         keys: &e.1,
         buckets: &store,
+        crypto: None,
+        cache: None,
         now_ns: NOW * 1_000_000_000,
     };
     e.0.decide(req, &inputs, &mut Events::default())
@@ -496,6 +498,8 @@ mod rate_limits {
             let inputs = Inputs {
                 keys: &self.keys,
                 buckets: &self.store,
+                crypto: None,
+                cache: None,
                 now_ns: at_s * 1_000_000_000,
             };
             self.engine.decide(&req, &inputs, &mut Events::default())
@@ -751,4 +755,66 @@ fn non_utf8_or_missing_request_line_parts_are_refused() {
         r.reason,
         Reason::InvalidRequest(crate::jwt::extract::RequestError::InvalidPath)
     );
+}
+
+#[test]
+fn the_token_cache_skips_the_signature_but_not_the_clock_or_a_key_change() {
+    use crate::jwt::cache::TokenCache;
+    use std::cell::RefCell;
+
+    struct Gen(Inline, u64);
+    impl KeyLookup for Gen {
+        fn keys(&self, i: usize) -> Option<&KeySet> {
+            self.0.keys(i)
+        }
+        fn generation(&self, _i: usize) -> u64 {
+            self.1
+        }
+    }
+    let keys = TestKeys::new();
+    let (engine, inline) = engine(&keys, json!({}), json!({}));
+    let store = MemStore::for_engine(&engine);
+    let cache = RefCell::new(TokenCache::new(10, 1 << 20));
+    let token = keys.rs256(claims(json!({"exp": NOW + 60})));
+    let headers = vec![(
+        "authorization".to_string(),
+        format!("Bearer {token}").into_bytes(),
+    )];
+    let p = Peer::default();
+    let req = RequestView {
+        path: "/",
+        headers: &headers,
+        peer: &p,
+    };
+    let mut lookup = Gen(inline, 1);
+    let run_at = |lookup: &Gen, at: u64| {
+        let inputs = Inputs {
+            keys: lookup,
+            buckets: &store,
+            crypto: None,
+            cache: Some(&cache),
+            now_ns: at * 1_000_000_000,
+        };
+        let mut events = Events::default();
+        let d = engine.decide(&req, &inputs, &mut events);
+        (d, events.cache_hits, events.cache_misses)
+    };
+    assert!(matches!(run_at(&lookup, NOW), (Decision::Allow(_), 0, 1)));
+    assert!(
+        matches!(run_at(&lookup, NOW), (Decision::Allow(_), 1, 0)),
+        "second time: a hit"
+    );
+    let (d, hits, _) = run_at(&lookup, NOW + 3600);
+    assert_eq!(hits, 1);
+    assert_eq!(
+        denied(d).reason,
+        Reason::InvalidToken(TokenError::Expired),
+        "expiry still judged on a hit"
+    );
+    lookup.1 = 2;
+    assert!(
+        matches!(run_at(&lookup, NOW), (Decision::Allow(_), 0, 1)),
+        "a new key set means a miss"
+    );
+    assert_eq!(cache.borrow().len(), 1);
 }

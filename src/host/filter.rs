@@ -13,6 +13,7 @@ use crate::decision::{Decision, LocalReply, Reason};
 use crate::engine::{Events, Inputs};
 use crate::identity::Peer;
 use crate::jwks_sync::Lease;
+use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
 use crate::request::RequestView;
 
@@ -103,9 +104,14 @@ impl Filter {
 
     fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> (Decision, Events) {
         let keys = self.worker.keys.borrow();
+        let config = &self.worker.engine.config;
+        let crypto: Option<&dyn HostCrypto> = config.host_crypto.then_some(&self.worker.crypto);
+        let cache = (config.token_cache_entries > 0).then_some(&self.worker.cache);
         let inputs = Inputs {
             keys: &*keys,
             buckets: &SharedData,
+            crypto,
+            cache,
             now_ns,
         };
         let mut events = Events::default();

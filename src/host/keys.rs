@@ -23,6 +23,14 @@ impl KeyLookup for WorkerKeys {
     fn keys(&self, index: usize) -> Option<&KeySet> {
         self.sets.get(index)?.as_ref()
     }
+
+    /// The loaded shared version (inline key sets never change: 0).
+    fn generation(&self, index: usize) -> u64 {
+        self.remote
+            .get(index)
+            .and_then(|r| r.as_ref())
+            .map_or(0, |(_, v)| *v)
+    }
 }
 
 impl WorkerKeys {
@@ -78,6 +86,8 @@ impl WorkerKeys {
                     > remote.max_staleness_seconds.saturating_mul(1000);
             if stale {
                 if slot.take().is_some() {
+                    // A new generation: cached verifications by the dropped keys die too.
+                    *loaded = 0;
                     changed = true;
                     log(
                         LogLevel::Error,

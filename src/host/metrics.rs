@@ -18,6 +18,8 @@ pub struct Metrics {
     dry_run_would_deny: Option<u32>,
     cas_contention: Option<u32>,
     rate_limit_slot_shared: Option<u32>,
+    token_cache_hit: Option<u32>,
+    token_cache_miss: Option<u32>,
     providers: Vec<ProviderMetrics>,
 }
 
@@ -63,6 +65,8 @@ impl Metrics {
             dry_run_would_deny: counter("dry_run_would_deny"),
             cas_contention: counter("cas_contention"),
             rate_limit_slot_shared: counter("rate_limit_slot_shared"),
+            token_cache_hit: counter("token_cache.hit"),
+            token_cache_miss: counter("token_cache.miss"),
             providers,
         }
     }
@@ -70,6 +74,8 @@ impl Metrics {
     pub fn record(&self, events: &Events) {
         add(self.cas_contention, events.cas_contention);
         add(self.rate_limit_slot_shared, events.shared_slots);
+        add(self.token_cache_hit, events.cache_hits);
+        add(self.token_cache_miss, events.cache_misses);
     }
 
     pub fn allowed(&self) {

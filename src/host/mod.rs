@@ -7,8 +7,10 @@
 //! - [`keys`]: the worker's key sets, kept in step with the JWKS in Envoy shared data.
 //! - [`metrics`]: counters and gauges in Envoy's stats.
 //! - [`buckets`]: rate-limit buckets in shared data.
+//! - [`crypto`]: Envoy's BoringSSL `verify_signature` foreign function.
 
 mod buckets;
+mod crypto;
 mod filter;
 mod jwks;
 mod keys;

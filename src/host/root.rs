@@ -13,8 +13,10 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use crate::config::{Config, KeySource};
 use crate::engine::Engine;
 use crate::jwks_sync::{JwksMeta, Lease};
+use crate::jwt::cache::TokenCache;
 
 use super::buckets::create_slots;
+use super::crypto::BoringSsl;
 use super::filter::Filter;
 use super::keys::{read_meta, WorkerKeys};
 use super::metrics::Metrics;
@@ -29,6 +31,8 @@ pub struct Worker {
     pub engine: Engine,
     pub keys: RefCell<WorkerKeys>,
     pub metrics: Metrics,
+    pub cache: RefCell<TokenCache>,
+    pub crypto: BoringSsl,
 }
 
 #[derive(Default)]
@@ -90,10 +94,16 @@ impl RootContext for Root {
         let metrics = Metrics::define(&plugin, &config);
         let engine = Engine::new(config, &plugin);
         create_slots(&engine.slot_keys());
+        let cache = TokenCache::new(
+            engine.config.token_cache_entries,
+            engine.config.token_cache_bytes,
+        );
         let worker = Rc::new(Worker {
             engine,
             keys: RefCell::new(keys),
             metrics,
+            cache: RefCell::new(cache),
+            crypto: BoringSsl::default(),
         });
         let now = now_ms(self.get_current_time());
         worker

@@ -17,6 +17,7 @@ use jwt_simple::common::VerificationOptions;
 use jwt_simple::prelude::UnixTimeStamp;
 use serde_json::Value;
 
+use super::crypto::{ecdsa_jose_to_der, host_hash, HostCrypto};
 use super::{Algorithm, KeyFamily};
 
 /// Largest JWKS document ever parsed, in bytes (`jwksMaxBytes` may only lower it).
@@ -61,6 +62,8 @@ pub struct Key {
     /// every allowed algorithm of its family.
     pub algorithms: Vec<Algorithm>,
     verifiers: Vec<Verifier>,
+    /// DER SubjectPublicKeyInfo, for the host's crypto (RSA and EC keys).
+    host_der: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,9 +193,24 @@ pub enum KeySelectError {
 }
 
 impl Key {
-    /// Checks the signature of a whole compact token with this key and `alg`. Claims are not
-    /// looked at here: `verify` checks them with its own explicit clock.
-    pub fn verify_signature(&self, token: &str, alg: Algorithm) -> SignatureCheck {
+    /// Checks the signature of a whole compact token with this key and `alg`: through the
+    /// host's crypto when it offers the algorithm, else with jwt-simple. Claims are not looked at
+    /// here: `verify` checks them with its own explicit clock.
+    pub fn verify_signature(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        host: Option<&dyn HostCrypto>,
+    ) -> SignatureCheck {
+        if let (Some(host), Some(der), Some(hash)) = (host, &self.host_der, host_hash(alg)) {
+            if let Some(valid) = host_verify(host, der, hash, token, alg) {
+                return if valid {
+                    SignatureCheck::Valid
+                } else {
+                    SignatureCheck::Invalid
+                };
+            }
+        }
         let Some(v) = self.verifiers.iter().find(|v| v.algorithm() == alg) else {
             return SignatureCheck::Invalid;
         };
@@ -202,6 +220,32 @@ impl Key {
             SignatureCheck::Invalid
         }
     }
+}
+
+/// `Some(valid)` from the host, `None` when it cannot answer (fall back).
+fn host_verify(
+    host: &dyn HostCrypto,
+    der: &[u8],
+    hash: &str,
+    token: &str,
+    alg: Algorithm,
+) -> Option<bool> {
+    let (message, sig_b64) = token.rsplit_once('.')?;
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(sig_b64.as_bytes()) else {
+        return Some(false);
+    };
+    let sig = match alg {
+        Algorithm::ES256 => match ecdsa_jose_to_der(&sig, 32) {
+            Some(der) => der,
+            None => return Some(false),
+        },
+        Algorithm::ES384 => match ecdsa_jose_to_der(&sig, 48) {
+            Some(der) => der,
+            None => return Some(false),
+        },
+        _ => sig,
+    };
+    host.verify(hash, der, &sig, message.as_bytes())
 }
 
 impl Verifier {
@@ -309,6 +353,7 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
     }
 
     let mut verifiers = Vec::with_capacity(algorithms.len());
+    let mut host_der = None;
     match family {
         KeyFamily::Rsa => {
             let n = b64_member(jwk, "n")?;
@@ -317,6 +362,9 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
             if n_bits < 2048 {
                 return Err("RSA modulus under 2048 bits");
             }
+            host_der = RS256PublicKey::from_components(&n, &e)
+                .ok()
+                .and_then(|k| k.to_der().ok());
             for alg in &algorithms {
                 let bad = |_| "invalid RSA key";
                 verifiers.push(match alg {
@@ -354,11 +402,15 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
             let off_curve = |_| "EC point is not on the curve";
-            verifiers.push(if family == KeyFamily::P256 {
-                Verifier::ES256(ES256PublicKey::from_bytes(&point).map_err(off_curve)?)
+            if family == KeyFamily::P256 {
+                let key = ES256PublicKey::from_bytes(&point).map_err(off_curve)?;
+                host_der = key.to_der().ok();
+                verifiers.push(Verifier::ES256(key));
             } else {
-                Verifier::ES384(ES384PublicKey::from_bytes(&point).map_err(off_curve)?)
-            });
+                let key = ES384PublicKey::from_bytes(&point).map_err(off_curve)?;
+                host_der = key.to_der().ok();
+                verifiers.push(Verifier::ES384(key));
+            }
         }
         KeyFamily::Ed25519 => {
             let x = b64_member(jwk, "x")?;
@@ -374,6 +426,7 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
         kid: None,
         algorithms,
         verifiers,
+        host_der,
     })
 }
 

@@ -2,6 +2,8 @@
 //! ([`jws`]), how a JWKS becomes verification keys ([`jwks`]) and how a token is verified
 //! against a provider with an explicit `now` ([`verify`]).
 
+pub mod cache;
+pub mod crypto;
 pub mod extract;
 pub mod jwks;
 pub mod jws;

@@ -4,6 +4,9 @@
 //! `exp` / `nbf` / `iat` / lifetime → audience. Time and audience are judged only for tokens
 //! whose signature holds, so "token expired" is never said of a forgery.
 
+use std::rc::Rc;
+
+use super::crypto::HostCrypto;
 use super::jwks::{KeySelectError, KeySet, SignatureCheck};
 use super::jws::{self, Claims};
 use super::{Algorithm, TokenError};
@@ -13,6 +16,11 @@ use crate::config::Provider;
 pub trait KeyLookup {
     /// The current key set of provider `index`, or `None` while it has none.
     fn keys(&self, index: usize) -> Option<&KeySet>;
+
+    /// Changes whenever provider `index`'s key set changes (cached verifications die with it).
+    fn generation(&self, _index: usize) -> u64 {
+        0
+    }
 }
 
 /// A token that passed every check.
@@ -20,7 +28,7 @@ pub trait KeyLookup {
 pub struct VerifiedToken {
     /// Index of the provider that verified it.
     pub provider: usize,
-    pub claims: Claims,
+    pub claims: Rc<Claims>,
 }
 
 /// A refused token, and the provider it was judged against (once its issuer is known).
@@ -36,6 +44,7 @@ pub fn verify(
     sources: &[usize],
     providers: &[Provider],
     keys: &dyn KeyLookup,
+    host: Option<&dyn HostCrypto>,
     now_s: u64,
 ) -> Result<VerifiedToken, Rejected> {
     let early = |error| Rejected {
@@ -77,13 +86,13 @@ pub fn verify(
             KeySelectError::Ambiguous => TokenError::AmbiguousKey,
         })
     })?;
-    if key.verify_signature(token, alg) != SignatureCheck::Valid {
+    if key.verify_signature(token, alg, host) != SignatureCheck::Valid {
         return Err(fail(TokenError::BadSignature));
     }
     check_claims(&parsed.claims, provider, now_s).map_err(fail)?;
     Ok(VerifiedToken {
         provider: index,
-        claims: parsed.claims,
+        claims: Rc::new(parsed.claims),
     })
 }
 

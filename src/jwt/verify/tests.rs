@@ -35,7 +35,7 @@ fn setup(extra: serde_json::Value) -> Setup {
 
 impl Setup {
     fn check_at(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
-        verify(token, &[0], &self.config.providers, &self.lookup, now).map_err(|r| r.error)
+        verify(token, &[0], &self.config.providers, &self.lookup, None, now).map_err(|r| r.error)
     }
     fn check(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         self.check_at(token, NOW)
@@ -217,7 +217,15 @@ fn no_configured_audience_means_audience_is_not_checked() {
         unreachable!()
     };
     let t = keys.eddsa(claims(json!({"aud": "anything"})));
-    assert!(verify(&t, &[0], &cfg.providers, &Fixed(Some(set.clone())), NOW).is_ok());
+    assert!(verify(
+        &t,
+        &[0],
+        &cfg.providers,
+        &Fixed(Some(set.clone())),
+        None,
+        NOW
+    )
+    .is_ok());
 }
 
 #[test]
@@ -239,12 +247,12 @@ fn provider_without_keys_fails_closed() {
     let t = s.keys.eddsa(claims(json!({})));
     let none = Fixed(None);
     assert_eq!(
-        verify(&t, &[0], &s.config.providers, &none, NOW).map_err(|r| r.error),
+        verify(&t, &[0], &s.config.providers, &none, None, NOW).map_err(|r| r.error),
         Err(TokenError::KeysUnavailable)
     );
     let empty = Fixed(Some(KeySet::default()));
     assert_eq!(
-        verify(&t, &[0], &s.config.providers, &empty, NOW).map_err(|r| r.error),
+        verify(&t, &[0], &s.config.providers, &empty, None, NOW).map_err(|r| r.error),
         Err(TokenError::KeysUnavailable)
     );
 }
@@ -261,7 +269,7 @@ fn token_from_a_source_the_issuer_does_not_use_is_refused() {
     let s = setup(json!({}));
     let t = s.keys.eddsa(claims(json!({})));
     assert_eq!(
-        verify(&t, &[7], &s.config.providers, &s.lookup, NOW).map_err(|r| r.error),
+        verify(&t, &[7], &s.config.providers, &s.lookup, None, NOW).map_err(|r| r.error),
         Err(TokenError::UnknownIssuer)
     );
 }

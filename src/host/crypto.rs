@@ -1,0 +1,54 @@
+//! Envoy's BoringSSL through the `verify_signature` foreign function (Envoy ≥ 1.40). Probed on
+//! first use; when the host does not have it, every check falls back to pure Rust.
+
+use std::cell::Cell;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::LogLevel;
+
+use crate::jwt::crypto::{decode_result, encode_args, HostCrypto};
+
+use super::log;
+
+#[derive(Default)]
+pub struct BoringSsl {
+    /// `None` until the first call tells.
+    available: Cell<Option<bool>>,
+}
+
+impl HostCrypto for BoringSsl {
+    fn verify(
+        &self,
+        hash: &str,
+        public_key_der: &[u8],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Option<bool> {
+        if self.available.get() == Some(false) {
+            return None;
+        }
+        let args = encode_args(hash, public_key_der, signature, message);
+        match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+            Ok(Some(answer)) => {
+                self.available.set(Some(true));
+                decode_result(&answer)
+            }
+            Ok(None) => {
+                self.available.set(Some(true));
+                Some(false)
+            }
+            Err(status) => {
+                if self.available.get().is_none() {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "meshguard: host crypto unavailable ({status:?}): verifying in the VM"
+                        ),
+                    );
+                }
+                self.available.set(Some(false));
+                None
+            }
+        }
+    }
+}

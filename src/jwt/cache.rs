@@ -1,0 +1,144 @@
+//! Verified-token cache (per worker): a token whose signature was checked once is not checked
+//! again while its key set is unchanged. Bounded by entries and bytes (oldest out first); keyed by
+//! a hash of the whole token and confirmed by comparing the token itself. A hit still runs the
+//! time and audience checks with the current clock, and the caller checks the key-set generation
+//! (an entry dies with the key set that verified it).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use super::jws::Claims;
+
+pub const DEFAULT_MAX_ENTRIES: usize = 1000;
+pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub provider: usize,
+    /// Generation of the provider's key set that verified the token.
+    pub generation: u64,
+    pub claims: Rc<Claims>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    cached: Cached,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: HashMap<u64, Entry>,
+    order: VecDeque<u64>,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize, max_bytes: usize) -> TokenCache {
+        TokenCache {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            max_entries,
+            max_bytes,
+            bytes: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The cached verification of exactly this token.
+    pub fn get(&self, token: &str, hash: u64) -> Option<&Cached> {
+        self.entries
+            .get(&hash)
+            .filter(|e| &*e.token == token)
+            .map(|e| &e.cached)
+    }
+
+    /// Remembers a verified token, evicting the oldest entries to stay within both bounds.
+    pub fn insert(&mut self, token: &str, hash: u64, cached: Cached) {
+        // The claims are about the size of the decoded payload; count the token twice.
+        let bytes = token.len() * 2 + 128;
+        if self.max_entries == 0 || bytes > self.max_bytes {
+            return;
+        }
+        self.remove(hash);
+        while self.entries.len() >= self.max_entries || self.bytes + bytes > self.max_bytes {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(oldest);
+        }
+        self.entries.insert(
+            hash,
+            Entry {
+                token: token.into(),
+                cached,
+                bytes,
+            },
+        );
+        self.order.push_back(hash);
+        self.bytes += bytes;
+    }
+
+    fn remove(&mut self, hash: u64) {
+        if let Some(e) = self.entries.remove(&hash) {
+            self.bytes -= e.bytes;
+            self.order.retain(|h| *h != hash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(provider: usize) -> Cached {
+        Cached {
+            provider,
+            generation: 1,
+            claims: Rc::new(Claims::default()),
+        }
+    }
+
+    #[test]
+    fn hits_need_the_same_token_not_just_the_same_hash() {
+        let mut c = TokenCache::new(10, 1 << 20);
+        c.insert("a.b.c", 7, cached(0));
+        assert_eq!(c.get("a.b.c", 7).map(|e| e.provider), Some(0));
+        assert!(c.get("x.y.z", 7).is_none(), "a hash collision is a miss");
+        assert!(c.get("a.b.c", 8).is_none());
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes_oldest_out_first() {
+        let mut c = TokenCache::new(3, 1 << 20);
+        for i in 0..5u64 {
+            c.insert(&format!("t{i}"), i, cached(0));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get("t0", 0).is_none() && c.get("t1", 1).is_none());
+        assert!(c.get("t4", 4).is_some());
+        let mut small = TokenCache::new(100, 1000);
+        for i in 0..20u64 {
+            small.insert(&"x".repeat(100 + i as usize), i, cached(0));
+        }
+        assert!(small.bytes() <= 1000, "{}", small.bytes());
+        assert!(small.len() < 20);
+        let mut off = TokenCache::new(0, 1000);
+        off.insert("t", 1, cached(0));
+        assert!(off.is_empty());
+    }
+}
