@@ -188,6 +188,19 @@ impl Signer {
         }
     }
 
+    pub fn es384(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let raw = kp.public_key_raw();
+        let jwk = json!({"kty": "EC", "crv": "P-384", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..49]), "y": URL_SAFE_NO_PAD.encode(&raw[49..97])});
+        Signer {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::ES384,
+            key: jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            jwk,
+        }
+    }
+
     pub fn ed25519(kid: &str) -> Signer {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
