@@ -13,7 +13,7 @@ export ENVOY_BIN
 export MESHGUARD_WASM := $(CURDIR)/$(WASM)
 WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 
-.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config clean
+.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config bench clean
 
 all: build
 
@@ -49,6 +49,13 @@ test: lint build test-unit test-wasm test-integration
 
 demo: build
 	cargo test --quiet --test demo -- --nocapture --test-threads 1
+
+# Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, meshguard.
+# Installs wrk (Debian) and the bench's Python packages into the project venv.
+bench: build
+	@command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check pyjwt==2.15.1 cryptography matplotlib
+	$(PY) bench/bench.py
 
 # Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
 #   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml

@@ -1,0 +1,412 @@
+"""make bench: meshguard against bare Envoy and Envoy's native chain, side by side, in one run.
+
+Setups, on the same Envoy binary and a direct-response route, 2 workers each:
+  bare      no auth filters
+  native    jwt_authn (remote JWKS, jwt_cache_config on) + rbac on the scope claim
+            + local_ratelimit (limit high enough not to trigger)
+  meshguard the same policy: remote JWKS, scope "read" required, a per-identity limit that does
+            not trigger
+
+Workloads (wrk, plaintext HTTP/1.1 keep-alive):
+  W1 warm RS256: 64 connections, 64 tokens, each reused
+  W2 cold RS256: every request carries a token that Envoy instance has not seen
+  W3 warm ES256: as W1 with ES256
+  W4 flood: 58 connections send forged tokens (valid shape, bad signature) while 6 send
+     legitimate ones; the legitimate requests' p99 is reported
+
+Setups are interleaved (bare, native, meshguard, bare, …) for ROUNDS rounds so drift hits all
+equally; each run starts a fresh Envoy. Reported numbers are medians over rounds. Writes
+bench/results.json and bench/chart.png and prints a table.
+"""
+
+import base64
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import jwt  # PyJWT: signs the tokens (not the library that verifies)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".venv/bin/envoy"))
+WASM = os.environ.get("MESHGUARD_WASM", str(ROOT / "target/wasm32-wasip1/release/meshguard.wasm"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ISSUER, AUDIENCE = "https://idp.bench", "bench"
+SETUPS = ["bare", "native", "meshguard"]
+WORKLOADS = ["W1", "W2", "W3", "W4"]
+
+
+def b64(n: int) -> str:
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def make_keys():
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rn = rsa_key.public_key().public_numbers()
+    en = ec_key.public_key().public_numbers()
+    jwks = {"keys": [
+        {"kty": "RSA", "kid": "rsa", "alg": "RS256", "use": "sig", "n": b64(rn.n), "e": b64(rn.e)},
+        {"kty": "EC", "kid": "ec", "alg": "ES256", "use": "sig", "crv": "P-256",
+         "x": base64.urlsafe_b64encode(en.x.to_bytes(32, "big")).rstrip(b"=").decode(),
+         "y": base64.urlsafe_b64encode(en.y.to_bytes(32, "big")).rstrip(b"=").decode()},
+    ]}
+    pem = lambda k: k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    return pem(rsa_key), pem(ec_key), jwks
+
+
+def mint(args):
+    pem, alg, kid, start, count = args
+    now = int(time.time())
+    return [jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{i}", "scope": "read write",
+                        "iat": now, "exp": now + 7200}, pem, algorithm=alg, headers={"kid": kid})
+            for i in range(start, start + count)]
+
+
+def mint_many(pem, alg, kid, count):
+    chunks = [(pem, alg, kid, i, min(2000, count - i)) for i in range(0, count, 2000)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return [t for part in pool.map(mint, chunks) for t in part]
+
+
+def forge(token: str) -> str:
+    head, sig = token.rsplit(".", 1)
+    flipped = ("A" if sig[5] != "A" else "B")
+    return f"{head}.{sig[:5]}{flipped}{sig[6:]}"
+
+
+class Jwks(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bootstrap(setup: str, jwks_port: int) -> str:
+    native = f"""
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                idp:
+                  issuer: {ISSUER}
+                  audiences: [{AUDIENCE}]
+                  remote_jwks:
+                    http_uri: {{uri: "http://idp.bench/jwks", cluster: idp, timeout: 5s}}
+                    cache_duration: 600s
+                  payload_in_metadata: jwt_payload
+                  jwt_cache_config: {{jwt_cache_size: 1000}}
+              rules:
+              - match: {{prefix: /}}
+                requires: {{provider_name: idp}}
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  scope-read:
+                    permissions: [{{any: true}}]
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.jwt_authn
+                        path: [{{key: jwt_payload}}, {{key: scope}}]
+                        value: {{string_match: {{contains: "read"}}}}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: {{max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s}}
+              filter_enabled: {{runtime_key: rl_on, default_value: {{numerator: 100, denominator: HUNDRED}}}}
+              filter_enforced: {{runtime_key: rl_enf, default_value: {{numerator: 100, denominator: HUNDRED}}}}"""
+    plugin = json.dumps({
+        "logLevel": "warn",
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+                       "jwksUri": "http://idp.bench/jwks", "jwksCluster": "idp"}],
+        "routes": [{"name": "api", "match": {"pathPrefixes": ["/"]},
+                    "require": {"scopes": {"anyOf": ["read"]}},
+                    "rateLimit": [{"policy": "high"}]}],
+        "rateLimits": {"identity": ["sub"], "policies": {"high": {"requests": 100000000, "per": "1s"}}},
+    })
+    meshguard = f"""
+          - name: meshguard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: meshguard
+                root_id: meshguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {json.dumps(plugin)}
+                vm_config:
+                  vm_id: meshguard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {WASM}}}}}"""
+    filters = {"bare": "", "native": native, "meshguard": meshguard}[setup]
+    return f"""
+static_resources:
+  listeners:
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: idp
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: idp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {jwks_port}}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"""
+
+
+class Envoy:
+    def __init__(self, setup: str, jwks_port: int):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"meshguard-bench-{setup}-"))
+        cfg = self.dir / "envoy.yaml"
+        cfg.write_text(bootstrap(setup, jwks_port))
+        admin_file = self.dir / "admin.txt"
+        self.proc = subprocess.Popen(
+            [ENVOY, "-c", str(cfg), "--concurrency", "2", "--use-dynamic-base-id", "-l", "warn",
+             "--admin-address-path", str(admin_file)],
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "envoy.log", "w"))
+        deadline = time.time() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"Envoy ({setup}) exited:\n{(self.dir / 'envoy.log').read_text()[-3000:]}")
+            if time.time() > deadline:
+                raise SystemExit(f"Envoy ({setup}) not ready")
+            try:
+                self.admin = admin_file.read_text().strip()
+                if self.get("/ready")[0] == 200:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        listeners = json.loads(self.get("/listeners?format=json")[1])
+        self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+
+    def get(self, path: str):
+        host, port = self.admin.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode(errors="replace")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+LUA = r"""
+-- Each wrk thread walks its own stride of the token list (thread t: t, t+T, t+2T, ...).
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+local tokens = {}
+local idx = 0
+local stride = 1
+function init(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  stride = tonumber(args[2])
+  idx = tid
+end
+function request()
+  local t = tokens[(idx % #tokens) + 1]
+  idx = idx + stride
+  return wrk.format("GET", "/api", {["Authorization"] = "Bearer " .. t})
+end
+"""
+
+
+def wrk(port: int, tokens_file: Path, connections: int, threads: int, seconds: int):
+    script = tokens_file.with_suffix(".lua")
+    script.write_text(LUA)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-s", str(script), f"http://127.0.0.1:{port}/api", "--", str(tokens_file), str(threads)],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "requests": total,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def main():
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found (make bench installs it)")
+    out_dir = ROOT / "bench"
+    work = Path(tempfile.mkdtemp(prefix="meshguard-bench-"))
+    print("minting tokens…", flush=True)
+    rsa_pem, ec_pem, jwks_doc = make_keys()
+    warm_rsa = mint_many(rsa_pem, "RS256", "rsa", 64)
+    warm_ec = mint_many(ec_pem, "ES256", "ec", 64)
+    cold_count = int(os.environ.get("BENCH_COLD_TOKENS", "60000"))
+    cold = mint_many(rsa_pem, "RS256", "rsa", cold_count)
+    forged = [forge(t) for t in mint_many(rsa_pem, "RS256", "rsa", 2000)]
+    files = {}
+    for name, tokens in [("warm_rsa", warm_rsa), ("warm_ec", warm_ec), ("cold", cold), ("forged", forged)]:
+        files[name] = work / f"{name}.txt"
+        files[name].write_text("\n".join(tokens) + "\n")
+
+    Jwks.body = json.dumps(jwks_doc).encode()
+    jwks_port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", jwks_port), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    raw = {w: {s: [] for s in SETUPS} for w in WORKLOADS}
+    rss = {s: [] for s in SETUPS}
+    for rnd in range(ROUNDS):
+        for workload in WORKLOADS:
+            for setup in SETUPS:
+                envoy = Envoy(setup, jwks_port)
+                try:
+                    # Warm-up: keys fetched, VMs hot (and checks that the setup admits the tokens).
+                    w = wrk(envoy.port, files["warm_rsa"], 8, 1, 1)
+                    if w["non2xx"]:
+                        raise SystemExit(f"{setup}: warm-up got {w['non2xx']} non-2xx answers")
+                    if workload == "W1":
+                        r = wrk(envoy.port, files["warm_rsa"], 64, 2, DURATION)
+                    elif workload == "W3":
+                        r = wrk(envoy.port, files["warm_ec"], 64, 2, DURATION)
+                    elif workload == "W2":
+                        # Each Envoy is fresh, so tokens are new to it; stay within the set.
+                        r = wrk(envoy.port, files["cold"], 64, 2, DURATION)
+                        if r["requests"] > cold_count:
+                            print(f"  note: {setup} W2 used {r['requests']} requests > {cold_count} tokens (some repeats)")
+                    else:
+                        result = {}
+                        def flood():
+                            result["flood"] = wrk(envoy.port, files["forged"], 58, 1, DURATION)
+                        t = threading.Thread(target=flood)
+                        t.start()
+                        r = wrk(envoy.port, files["warm_rsa"], 6, 1, DURATION)
+                        t.join()
+                        r["flood_rps"] = result["flood"]["rps"]
+                    r["rss_mb"] = envoy.rss_mb()
+                    rss[setup].append(r["rss_mb"])
+                    raw[workload][setup].append(r)
+                    print(f"round {rnd + 1} {workload} {setup:9s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mb']:5.0f} MB", flush=True)
+                finally:
+                    envoy.stop()
+    server.shutdown()
+
+    med = lambda xs: statistics.median(xs)
+    summary = {w: {s: {k: med([r[k] for r in raw[w][s]]) for k in ("rps", "p50_ms", "p99_ms", "rss_mb")}
+                   for s in SETUPS} for w in WORKLOADS}
+    ratios = {
+        "warm_vs_native": summary["W1"]["meshguard"]["rps"] / summary["W1"]["native"]["rps"],
+        "warm_vs_bare": summary["W1"]["meshguard"]["rps"] / summary["W1"]["bare"]["rps"],
+        "cold_vs_native": summary["W2"]["meshguard"]["rps"] / summary["W2"]["native"]["rps"],
+        "es256_warm_vs_native": summary["W3"]["meshguard"]["rps"] / summary["W3"]["native"]["rps"],
+        "flood_legit_p99_vs_warm_p99": summary["W4"]["meshguard"]["p99_ms"] / summary["W1"]["meshguard"]["p99_ms"],
+        "native_flood_legit_p99_vs_warm_p99": summary["W4"]["native"]["p99_ms"] / summary["W1"]["native"]["p99_ms"],
+    }
+    goals = {"warm_vs_native": (">=", 1.0), "warm_vs_bare": (">=", 0.85), "cold_vs_native": (">=", 0.8),
+             "flood_legit_p99_vs_warm_p99": ("<=", 2.0)}
+    result = {"duration_s": DURATION, "rounds": ROUNDS, "envoy_workers": 2, "envoy": ENVOY,
+              **ratios, "goals": {k: {"goal": f"{op} {v}", "met": (ratios[k] >= v if op == ">=" else ratios[k] <= v)}
+                                  for k, (op, v) in goals.items()},
+              "summary": summary, "raw": raw}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+
+    print("\nmedians over", ROUNDS, "interleaved rounds,", DURATION, "s each, 2 Envoy workers")
+    print(f"{'workload':9s} {'setup':10s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'RSS MB':>7s}")
+    for w in WORKLOADS:
+        for s in SETUPS:
+            v = summary[w][s]
+            print(f"{w:9s} {s:10s} {v['rps']:9.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['rss_mb']:7.0f}")
+    print()
+    for k, v in ratios.items():
+        goal = result["goals"].get(k)
+        print(f"{k:36s} {v:6.2f}" + (f"   goal {goal['goal']}: {'met' if goal['met'] else 'MISSED'}" if goal else ""))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.25
+    for i, s in enumerate(SETUPS):
+        xs = [j + (i - 1) * width for j in range(len(WORKLOADS))]
+        axes[0].bar(xs, [summary[w][s]["rps"] for w in WORKLOADS], width, label=s)
+        axes[1].bar(xs, [summary[w][s]["p99_ms"] for w in WORKLOADS], width, label=s)
+    labels = ["W1 warm RS256", "W2 cold RS256", "W3 warm ES256", "W4 flood (legit)"]
+    for ax, title in zip(axes, ["throughput (req/s)", "p99 latency (ms)"]):
+        ax.set_xticks(range(len(WORKLOADS)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"meshguard vs Envoy native vs bare — medians of {ROUNDS} interleaved rounds, 2 workers")
+    fig.tight_layout()
+    fig.savefig(out_dir / "chart.png", dpi=110)
+    print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'chart.png'}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
