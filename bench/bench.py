@@ -32,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -232,14 +234,11 @@ class Envoy:
         self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
 
     def get(self, path: str):
-        host, port = self.admin.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body.decode(errors="replace")
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, ""
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -297,6 +296,20 @@ def wrk(port: int, tokens_file: Path, connections: int, threads: int, seconds: i
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def wait_admitted(port: int, token: str):
+    deadline = time.time() + 20
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api", headers={"Authorization": f"Bearer {token}"})
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("the setup never admitted a valid token")
+
+
 def main():
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (make bench installs it)")
@@ -326,7 +339,8 @@ def main():
             for setup in SETUPS:
                 envoy = Envoy(setup, jwks_port)
                 try:
-                    # Warm-up: keys fetched, VMs hot (and checks that the setup admits the tokens).
+                    # Keys fetched (a token passes), then a warm-up that must be all 2xx.
+                    wait_admitted(envoy.port, warm_rsa[0])
                     w = wrk(envoy.port, files["warm_rsa"], 8, 1, 1)
                     if w["non2xx"]:
                         raise SystemExit(f"{setup}: warm-up got {w['non2xx']} non-2xx answers")
