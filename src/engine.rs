@@ -114,8 +114,11 @@ impl Engine {
     ) -> Decision {
         let cfg = &self.config;
         let policy = &cfg.policy;
+        // Client copies of the headers meshguard sets: removed (only those present, to spare host
+        // calls on the hot path).
+        let present = |h: &&String| req.headers.iter().any(|(n, _)| n == *h);
         let mut fwd = Forward {
-            remove_headers: cfg.owned_headers.clone(),
+            remove_headers: cfg.owned_headers.iter().filter(present).cloned().collect(),
             ..Forward::default()
         };
         for ph in &cfg.peer_headers {

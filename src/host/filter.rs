@@ -62,7 +62,12 @@ impl Filter {
             mtls,
             uri_san: cert("uri_san_peer_certificate"),
             certificate_sha256: cert("sha256_peer_certificate_digest"),
-            source_address: self.property_string(vec!["source", "address"]),
+            // Only rate limiting uses it in the core; denial logs read it themselves.
+            source_address: if self.worker.engine.config.rate_limits.is_some() {
+                self.property_string(vec!["source", "address"])
+            } else {
+                None
+            },
         }
     }
 
@@ -173,7 +178,10 @@ impl Filter {
             "reason": reply.reason.code(),
             "route": reply.route,
             "request_id": self.property_string(vec!["request", "id"]),
-            "source_address": peer.source_address,
+            "source_address": peer
+                .source_address
+                .clone()
+                .or_else(|| self.property_string(vec!["source", "address"])),
             "spiffe_id": peer.spiffe().map(|id| id.uri),
             "iss": caller.iss,
             "sub": caller.sub,
