@@ -13,7 +13,7 @@ export ENVOY_BIN
 export MESHGUARD_WASM := $(CURDIR)/$(WASM)
 WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 
-.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config bench clean
+.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config bench image clean
 
 all: build
 
@@ -56,6 +56,12 @@ bench: build
 	@command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check pyjwt==2.15.1 cryptography matplotlib
 	$(PY) bench/bench.py
+
+# The Istio-compatible OCI image (needs a Docker engine; none runs on the build machines).
+IMAGE ?= meshguard:dev
+image: build
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 2; }
+	docker build -f istio/Dockerfile -t $(IMAGE) .
 
 # Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
 #   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml

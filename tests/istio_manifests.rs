@@ -1,0 +1,207 @@
+//! Every manifest under `istio/` is well-formed YAML whose kinds and fields are those Istio's
+//! WasmPlugin / PeerAuthentication / ServiceEntry / DestinationRule APIs define, and every
+//! `pluginConfig` is accepted by meshguard's own parser; the plugin's `jwksCluster` is the
+//! cluster Istio creates for the ServiceEntry the manifests ship.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use common::*;
+use serde_json::Value;
+
+/// Field names per path, from the Istio API reference (extensions.istio.io/v1alpha1,
+/// security.istio.io/v1, networking.istio.io/v1).
+fn allowed(kind: &str, path: &str) -> Option<&'static [&'static str]> {
+    Some(match (kind, path) {
+        (_, "") => &["apiVersion", "kind", "metadata", "spec"],
+        (_, "metadata") => &["name", "namespace", "labels", "annotations"],
+        ("WasmPlugin", "spec") => &[
+            "selector",
+            "targetRef",
+            "targetRefs",
+            "url",
+            "sha256",
+            "imagePullPolicy",
+            "imagePullSecret",
+            "pluginConfig",
+            "pluginName",
+            "phase",
+            "priority",
+            "vmConfig",
+            "match",
+            "type",
+            "failStrategy",
+        ],
+        ("PeerAuthentication", "spec") => &["selector", "mtls", "portLevelMtls"],
+        ("PeerAuthentication", "spec.mtls") => &["mode"],
+        ("ServiceEntry", "spec") => &[
+            "hosts",
+            "addresses",
+            "ports",
+            "location",
+            "resolution",
+            "endpoints",
+            "workloadSelector",
+            "exportTo",
+            "subjectAltNames",
+        ],
+        ("ServiceEntry", "spec.ports") => &["number", "protocol", "name", "targetPort"],
+        ("DestinationRule", "spec") => &[
+            "host",
+            "trafficPolicy",
+            "subsets",
+            "exportTo",
+            "workloadSelector",
+        ],
+        ("DestinationRule", "spec.trafficPolicy") => &[
+            "loadBalancer",
+            "connectionPool",
+            "outlierDetection",
+            "tls",
+            "portLevelSettings",
+            "tunnel",
+            "proxyProtocol",
+        ],
+        ("DestinationRule", "spec.trafficPolicy.tls") => &[
+            "mode",
+            "clientCertificate",
+            "privateKey",
+            "caCertificates",
+            "credentialName",
+            "subjectAltNames",
+            "sni",
+            "insecureSkipVerify",
+            "caCrl",
+        ],
+        (_, "spec.selector") => &["matchLabels"],
+        _ => return None,
+    })
+}
+
+fn check_fields(kind: &str, path: &str, v: &Value, errors: &mut Vec<String>) {
+    let Some(names) = allowed(kind, path) else {
+        return;
+    };
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        let Some(obj) = item.as_object() else {
+            continue;
+        };
+        for (k, child) in obj {
+            if !names.contains(&k.as_str()) {
+                errors.push(format!("{kind}: unknown field {path}.{k}"));
+            }
+            let child_path = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            check_fields(kind, &child_path, child, errors);
+        }
+    }
+}
+
+#[test]
+fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
+    let files = Shipped::all_under("istio");
+    assert!(files.len() >= 3, "{files:?}");
+    let mut kinds = BTreeSet::new();
+    let mut errors = Vec::new();
+    let mut clusters = Vec::new();
+    let mut plugin_clusters = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(repo().join(file)).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let kind = v["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: no kind"))
+                .to_string();
+            let api = v["apiVersion"].as_str().unwrap();
+            let expected_api = match kind.as_str() {
+                "WasmPlugin" => "extensions.istio.io/v1alpha1",
+                "PeerAuthentication" => "security.istio.io/v1",
+                "ServiceEntry" | "DestinationRule" => "networking.istio.io/v1",
+                other => panic!("{file}: unexpected kind {other}"),
+            };
+            assert_eq!(api, expected_api, "{file}: {kind}");
+            check_fields(&kind, "", &v, &mut errors);
+            match kind.as_str() {
+                "WasmPlugin" => {
+                    assert_eq!(v["spec"]["phase"], "AUTHN");
+                    assert_eq!(v["spec"]["failStrategy"], "FAIL_CLOSE");
+                    assert!(v["spec"]["url"].as_str().unwrap().starts_with("oci://"));
+                    assert_eq!(v["spec"]["sha256"].as_str().unwrap().len(), 64);
+                    let config = meshguard::config::Config::from_json(
+                        v["spec"]["pluginConfig"].to_string().as_bytes(),
+                    )
+                    .unwrap_or_else(|e| panic!("{file}: pluginConfig: {e}"));
+                    for p in &config.providers {
+                        if let meshguard::config::KeySource::Remote(r) = &p.keys {
+                            plugin_clusters.push((r.cluster.clone(), r.authority.clone()));
+                        }
+                    }
+                }
+                "PeerAuthentication" => assert_eq!(v["spec"]["mtls"]["mode"], "STRICT"),
+                "ServiceEntry" => {
+                    for host in v["spec"]["hosts"].as_array().unwrap() {
+                        for port in v["spec"]["ports"].as_array().unwrap() {
+                            clusters.push(format!(
+                                "outbound|{}||{}",
+                                port["number"],
+                                host.as_str().unwrap()
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            kinds.insert(kind);
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            "DestinationRule",
+            "PeerAuthentication",
+            "ServiceEntry",
+            "WasmPlugin"
+        ]
+    );
+    assert!(!plugin_clusters.is_empty());
+    for (cluster, authority) in plugin_clusters {
+        assert!(
+            clusters.contains(&cluster),
+            "jwksCluster {cluster} is not a ServiceEntry cluster {clusters:?}"
+        );
+        assert!(
+            cluster.ends_with(&format!("||{authority}")),
+            "{cluster} vs jwksUri host {authority}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_field_in_a_manifest_would_be_caught() {
+    let v: Value = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "x"}, "spec": {"mtls": {"mode": "STRICT", "strict": true}}});
+    let mut errors = Vec::new();
+    check_fields("PeerAuthentication", "", &v, &mut errors);
+    assert_eq!(
+        errors,
+        ["PeerAuthentication: unknown field spec.mtls.strict"]
+    );
+}
