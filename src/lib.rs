@@ -3,7 +3,7 @@
 //! pass, answering per RFC 6750.
 //!
 //! The rule of this crate: **the core is pure, `host/` is glue.** Every module except `host`
-//! is plain Rust that never names `proxy_wasm` and never reads a clock (`now` is an argument),
+//! is plain Rust that never touches the proxy-wasm SDK and never reads a clock (`now` is an argument),
 //! so it is unit-tested on the host and inside a wasm engine. `host/` (compiled for wasm32
 //! only) reads the request, calls [`engine::Engine::decide`] once, and applies the decision.
 //!
