@@ -53,21 +53,18 @@ fn plugin(refresh_seconds: u64) -> Value {
 }
 
 fn setup(refresh_seconds: u64) -> Setup {
-    let dir = temp_dir("authn");
-    let pki = Pki::new(&dir);
     let (rsa, es, ed) = (
         Signer::rsa("rsa-1"),
         Signer::es256("ec-1"),
         Signer::ed25519("ed-1"),
     );
     let idp = JwksServer::start(jwks(&[&rsa, &es, &ed]));
-    let upstream = echo_upstream();
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin(refresh_seconds), false), 2);
+    let Stack {
+        envoy,
+        pki,
+        idp,
+        upstream,
+    } = Stack::start("authn", idp, &plugin(refresh_seconds), false, 2);
     let s = Setup {
         pki,
         idp,
@@ -507,18 +504,15 @@ fn each_rejection_has_its_status_challenge_and_body_and_the_next_request_still_w
 
 #[test]
 fn provider_without_keys_fails_closed_with_a_clear_401() {
-    let dir = temp_dir("nokeys");
-    let pki = Pki::new(&dir);
     let signer = Signer::es256("ec-1");
     let idp = JwksServer::start(String::new());
     idp.set(500, "{}".into());
-    let upstream = echo_upstream();
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin(300), false), 2);
+    let Stack {
+        envoy,
+        pki,
+        idp,
+        upstream: _upstream,
+    } = Stack::start("nokeys", idp, &plugin(300), false, 2);
     eventually("a failed fetch", Duration::from_secs(10), || {
         idp.fetches() >= 1
     });
@@ -545,16 +539,8 @@ fn provider_without_keys_fails_closed_with_a_clear_401() {
 
 #[test]
 fn plugin_configuration_as_a_struct_is_accepted() {
-    let dir = temp_dir("struct");
-    let pki = Pki::new(&dir);
     let signer = Signer::ed25519("ed-1");
     let idp = JwksServer::start(jwks(&[&signer]));
-    let upstream = echo_upstream();
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
     let mut cfg = plugin(300);
     cfg["providers"][0]["jwksUri"] = Value::Null;
     cfg["providers"][0]
@@ -562,7 +548,12 @@ fn plugin_configuration_as_a_struct_is_accepted() {
         .unwrap()
         .retain(|k, _| !k.starts_with("jwks"));
     cfg["providers"][0]["jwks"] = json!(jwks(&[&signer]));
-    let envoy = Envoy::start(&bootstrap(&world, &cfg, true), 2);
+    let Stack {
+        envoy,
+        pki,
+        idp,
+        upstream: _upstream,
+    } = Stack::start("struct", idp, &cfg, true, 2);
     let c = Client::new(envoy.port("mtls"), &pki, None);
     let r = c.get(
         "/",

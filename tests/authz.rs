@@ -52,17 +52,14 @@ fn plugin() -> Value {
 }
 
 fn setup() -> Setup {
-    let dir = temp_dir("authz");
-    let pki = Pki::new(&dir);
     let signer = Signer::es256("ec-1");
     let idp = JwksServer::start(jwks(&[&signer]));
-    let upstream = echo_upstream();
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin(), false), 2);
+    let Stack {
+        envoy,
+        pki,
+        idp,
+        upstream,
+    } = Stack::start("authz", idp, &plugin(), false, 2);
     let s = Setup {
         pki,
         signer,

@@ -60,20 +60,23 @@ fn run(
     signers: &[&Signer],
     set: &[(String, String, u16)],
 ) -> Vec<u16> {
-    let dir = temp_dir("crypto");
-    let pki = Pki::new(&dir);
-    let upstream = echo_upstream();
     let plugin = json!({
         "hostCrypto": host_crypto,
         "tokenCache": {"maxEntries": if cache { 1000 } else { 0 }},
         "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks(signers)}]
     });
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: 9,
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin, false), 2);
+    let Stack {
+        envoy,
+        idp: _idp,
+        upstream: _upstream,
+        ..
+    } = Stack::start(
+        "crypto",
+        JwksServer::start(String::new()),
+        &plugin,
+        false,
+        2,
+    );
     let mut c = KeepAlive::new(envoy.port("plain"));
     let statuses = set
         .iter()

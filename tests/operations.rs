@@ -37,16 +37,12 @@ struct Setup {
 }
 
 fn setup(jwks_doc: String, plugin: Value) -> Setup {
-    let dir = temp_dir("ops");
-    let pki = Pki::new(&dir);
-    let idp = JwksServer::start(jwks_doc);
-    let upstream = echo_upstream();
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin, false), 2);
+    let Stack {
+        envoy,
+        pki,
+        idp,
+        upstream,
+    } = Stack::start("ops", JwksServer::start(jwks_doc), &plugin, false, 2);
     Setup {
         pki,
         idp,

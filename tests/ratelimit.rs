@@ -26,12 +26,8 @@ struct Setup {
 }
 
 fn setup(rate_limits: Value, routes: Value) -> Setup {
-    let dir = temp_dir("rl");
-    let pki = Pki::new(&dir);
     let signer = Signer::ed25519("ed-1");
     let jwks_doc = jwks(&[&signer]);
-    let idp = JwksServer::start(jwks_doc.clone());
-    let upstream = echo_upstream();
     let plugin = json!({
         "logLevel": "debug",
         "rolesClaim": "role",
@@ -39,12 +35,12 @@ fn setup(rate_limits: Value, routes: Value) -> Setup {
         "rateLimits": rate_limits,
         "routes": routes
     });
-    let world = World {
-        pki: &pki,
-        upstream_port: upstream.port(),
-        jwks_port: idp.server.port(),
-    };
-    let envoy = Envoy::start(&bootstrap(&world, &plugin, false), 4);
+    let Stack {
+        envoy,
+        idp,
+        upstream,
+        ..
+    } = Stack::start("rl", JwksServer::start(jwks_doc.clone()), &plugin, false, 4);
     Setup {
         signer: Arc::new(signer),
         _idp: idp,

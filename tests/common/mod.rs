@@ -1096,3 +1096,38 @@ pub fn json_log_lines(log: &str, event: &str) -> Vec<Value> {
         .filter(|v| v["meshguard"] == event)
         .collect()
 }
+
+/// What most integration tests run against: a test PKI, the JWKS server `idp`, an echo
+/// upstream, and Envoy with `workers` workers running meshguard with `plugin` (as a `Struct` when
+/// `as_struct`).
+pub struct Stack {
+    pub envoy: Envoy,
+    pub pki: Pki,
+    pub idp: JwksServer,
+    pub upstream: TestServer,
+}
+
+impl Stack {
+    pub fn start(
+        tag: &str,
+        idp: JwksServer,
+        plugin: &Value,
+        as_struct: bool,
+        workers: u32,
+    ) -> Stack {
+        let pki = Pki::new(&temp_dir(tag));
+        let upstream = echo_upstream();
+        let world = World {
+            pki: &pki,
+            upstream_port: upstream.port(),
+            jwks_port: idp.server.port(),
+        };
+        let envoy = Envoy::start(&bootstrap(&world, plugin, as_struct), workers);
+        Stack {
+            envoy,
+            pki,
+            idp,
+            upstream,
+        }
+    }
+}
