@@ -13,7 +13,7 @@ export ENVOY_BIN
 export MESHGUARD_WASM := $(CURDIR)/$(WASM)
 WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 
-.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo check-config bench image clean
+.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo run check-config bench image clean
 
 all: build
 
@@ -49,6 +49,10 @@ test: lint build test-unit test-wasm test-integration
 
 demo: build
 	cargo test --quiet --test demo -- --nocapture --test-threads 1
+
+# The standalone example in the foreground, with ready-made curl commands; Ctrl-C stops it.
+run: build
+	cargo run --quiet --example run
 
 # Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, meshguard.
 # Installs wrk (Debian) and the bench's Python packages into the project venv.

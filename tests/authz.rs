@@ -12,7 +12,6 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 
@@ -168,11 +167,7 @@ fn certificate_bound_tokens_follow_their_certificate() {
     let s = setup();
     let partner = s.pki.workload("spiffe://cluster.local/ns/partners/sa/acme");
     let other = s.pki.workload(WEB);
-    let digest: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&partner.sha256_hex()[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
-    let bound = s.bearer(json!({"cnf": {"x5t#S256": thumb}}));
+    let bound = s.bearer(json!({"cnf": {"x5t#S256": partner.x5t_s256()}}));
     let r = s
         .client(Some(&partner))
         .get("/partner/orders", &[("authorization", &bound)]);

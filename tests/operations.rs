@@ -59,19 +59,6 @@ impl Setup {
     }
 }
 
-/// The value of a meshguard stat in Envoy's `/stats` (`…meshguard.<plugin>.<name>: N`).
-fn stat(envoy: &Envoy, name: &str) -> u64 {
-    let suffix = format!("meshguard.meshguard.{name}: ");
-    envoy
-        .stats()
-        .lines()
-        .find_map(|l| {
-            l.find(&suffix)
-                .map(|i| l[i + suffix.len()..].trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no stat {name}"))
-}
-
 #[test]
 fn rotated_key_is_picked_up_by_its_first_token_with_one_extra_fetch() {
     let old = Signer::es256("k-old");
@@ -101,7 +88,7 @@ fn rotated_key_is_picked_up_by_its_first_token_with_one_extra_fetch() {
         assert_eq!(s.get(&t_new).status, 200);
     }
     assert_eq!(s.idp.fetches(), before + 1);
-    assert_eq!(stat(&s.envoy, "jwks.idp.keys_loaded"), 2);
+    assert_eq!(s.envoy.meshguard_stat("jwks.idp.keys_loaded"), 2);
 }
 
 #[test]
@@ -133,7 +120,10 @@ fn random_unknown_kids_cause_at_most_one_fetch_per_window() {
         extra <= 1,
         "{extra} fetches for 100 unknown kids within one 60 s window"
     );
-    assert_eq!(stat(&s.envoy, "denied.invalid_token.unknown_kid"), 100);
+    assert_eq!(
+        s.envoy.meshguard_stat("denied.invalid_token.unknown_kid"),
+        100
+    );
 }
 
 #[test]
@@ -150,10 +140,10 @@ fn a_bad_day_at_the_idp_keeps_the_old_keys_until_max_staleness() {
     eventually("keys loaded", Duration::from_secs(20), || {
         s.get(&token).status == 200
     });
-    assert!(stat(&s.envoy, "jwks.idp.fetch_ok") >= 1);
+    assert!(s.envoy.meshguard_stat("jwks.idp.fetch_ok") >= 1);
 
     // Refreshes succeed every second until now; the last success is at most ~1.5 s ago.
-    let failures = |n: u64| stat(&s.envoy, "jwks.idp.fetch_failed") >= n;
+    let failures = |n: u64| s.envoy.meshguard_stat("jwks.idp.fetch_failed") >= n;
     s.idp.set(500, "{}".into());
     let bad_day = Instant::now();
     eventually("a 500 counted", Duration::from_secs(5), || failures(1));

@@ -1,5 +1,8 @@
 //! Every Envoy YAML shipped under `envoy/` is accepted by `envoy --mode validate`, and every
-//! meshguard plugin configuration inside it is accepted by meshguard's own parser.
+//! meshguard plugin configuration inside it is accepted by meshguard's own parser. The sidecar
+//! pair's `docker-compose.yaml` (not runnable here: no Docker engine) is checked for what would
+//! break it: the official Envoy image of the version we test, and every file an Envoy config
+//! names mounted where that Envoy looks for it, from where `make demo` / `make build` put it.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,25 +14,40 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::net::TcpListener;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
+use serde_yaml_ng::Value as Y;
+
+/// Whether an Envoy YAML loads a wasm filter at all (a client-side sidecar does not).
+fn has_wasm_filter(shipped: &Shipped) -> bool {
+    fs::read_to_string(&shipped.path)
+        .unwrap()
+        .contains("envoy.extensions.filters.http.wasm.v3.Wasm")
+}
 
 #[test]
 fn shipped_envoy_configs_validate_and_their_plugin_configs_parse() {
     let files = Shipped::all_under("envoy");
     assert!(!files.is_empty(), "no Envoy YAML found under envoy/");
+    let mut total = 0;
     for file in &files {
         let shipped = Shipped::load(file);
         let configs = shipped.plugin_configs();
-        assert!(
-            !configs.is_empty(),
-            "{file}: no meshguard plugin configuration"
+        assert_eq!(
+            configs.is_empty(),
+            !has_wasm_filter(&shipped),
+            "{file}: every wasm filter must carry a meshguard plugin configuration"
         );
         for bytes in &configs {
             if let Err(e) = meshguard::config::Config::from_plugin_bytes(bytes) {
                 panic!("{file}: plugin configuration refused: {e}");
             }
         }
+        total += configs.len();
         let (dir, _pki) = example_dir("validate");
         let cfg = dir.join("envoy.yaml");
         fs::write(&cfg, shipped.runnable(&dir, &HashMap::new())).unwrap();
@@ -37,6 +55,7 @@ fn shipped_envoy_configs_validate_and_their_plugin_configs_parse() {
         assert!(ok, "{file}: envoy --mode validate failed:\n{out}");
         eprintln!("{file}: valid ({} plugin configuration(s))", configs.len());
     }
+    assert!(total >= 3, "standalone, saas-api and the server sidecar");
 }
 
 #[test]
@@ -47,4 +66,172 @@ fn a_broken_plugin_config_in_a_shipped_file_would_be_caught() {
     let typo = text.replace("\"audiences\"", "\"audience\"");
     let err = meshguard::config::Config::from_plugin_bytes(typo.as_bytes()).unwrap_err();
     assert_eq!(err.path, "providers[0].audience");
+}
+
+/// `a/b/../c` → `a/c` (no file system access: the sources may not exist yet).
+fn normalise(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every relative `filename` in an Envoy YAML.
+fn relative_filenames(v: &Y, out: &mut Vec<String>) {
+    match v {
+        Y::Mapping(m) => {
+            for (k, val) in m {
+                match (k.as_str(), val) {
+                    (Some("filename"), Y::String(f)) if !f.starts_with('/') => out.push(f.clone()),
+                    _ => relative_filenames(val, out),
+                }
+            }
+        }
+        Y::Sequence(s) => s.iter().for_each(|x| relative_filenames(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_sidecar_pair_compose_file_mounts_what_its_envoys_read() {
+    let example = repo().join("envoy/examples/sidecar-pair");
+    let text = fs::read_to_string(example.join("docker-compose.yaml")).unwrap();
+    let mut compose: Y = serde_yaml_ng::from_str(&text).unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+
+    let version = Command::new(envoy_bin()).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    // "…/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let tested = version
+        .split("version: ")
+        .nth(1)
+        .and_then(|v| v.split('/').nth(1))
+        .unwrap_or_else(|| panic!("envoy --version: {version}"));
+    let envoy_image = format!("envoyproxy/envoy:v{tested}");
+
+    // Where each host path comes from: files in the repository, or what `make build` and
+    // `make demo` write.
+    let produced = [
+        repo().join("target/wasm32-wasip1/release/meshguard.wasm"),
+        repo().join("target/meshguard-demo/pki"),
+        repo().join("target/meshguard-demo/idp"),
+    ];
+    let mut envoys = 0;
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        let image = svc["image"].as_str().unwrap();
+        assert_eq!(svc["network_mode"], "host", "{name}: configs use 127.0.0.1");
+        for dep in svc["depends_on"].as_sequence().into_iter().flatten() {
+            assert!(
+                services.contains_key(dep),
+                "{name}: depends on unknown {dep:?}"
+            );
+        }
+        let mounts: Vec<(PathBuf, PathBuf)> = svc["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                let mut parts = v.as_str().unwrap().split(':');
+                let host = normalise(&example.join(parts.next().unwrap()));
+                let inside = PathBuf::from(parts.next().unwrap());
+                assert!(
+                    host.exists() && host.starts_with(&example) || produced.contains(&host),
+                    "{name}: mounts {} that neither the repository nor make build/demo provide",
+                    host.display()
+                );
+                (host, inside)
+            })
+            .collect();
+        if !image.starts_with("envoyproxy/envoy") {
+            assert!(
+                image.starts_with("python:3"),
+                "{name}: official images only"
+            );
+            continue;
+        }
+        envoys += 1;
+        assert_eq!(
+            image, envoy_image,
+            "{name}: the Envoy version make test runs"
+        );
+        let args: Vec<&str> = svc["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let config = args[args.iter().position(|a| *a == "-c").unwrap() + 1];
+        let (config_host, _) = mounts
+            .iter()
+            .find(|(_, inside)| inside == Path::new(config))
+            .unwrap_or_else(|| panic!("{name}: {config} is not mounted"));
+        assert!(
+            Shipped::all_under("envoy/examples/sidecar-pair")
+                .iter()
+                .any(|f| repo().join(f) == *config_host),
+            "{name}: runs {} which is not a shipped sidecar-pair config",
+            config_host.display()
+        );
+        let workdir = PathBuf::from(svc["working_dir"].as_str().unwrap());
+        let envoy_yaml: Y =
+            serde_yaml_ng::from_str(&fs::read_to_string(config_host).unwrap()).unwrap();
+        let mut files = Vec::new();
+        relative_filenames(&envoy_yaml, &mut files);
+        assert!(!files.is_empty());
+        for f in files {
+            let wanted = workdir.join(&f);
+            let mount = mounts.iter().find(|(_, inside)| wanted.starts_with(inside));
+            let (host, inside) =
+                mount.unwrap_or_else(|| panic!("{name}: {f} is not mounted under {workdir:?}"));
+            let source = host.join(wanted.strip_prefix(inside).unwrap());
+            // The demo runs these configs from target/meshguard-demo with the same layout.
+            let demo_equivalent = repo().join("target/meshguard-demo").join(&f);
+            assert!(
+                source == demo_equivalent || f == "meshguard.wasm" && host == &produced[0],
+                "{name}: {f} would come from {}",
+                source.display()
+            );
+        }
+    }
+    assert_eq!(envoys, 2, "both sidecars");
+}
+
+#[test]
+fn the_compose_workload_echoes_what_it_received() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("python3")
+        .arg(repo().join("envoy/examples/sidecar-pair/echo.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::plain(port);
+    let mut answer = None;
+    eventually("echo.py listening", Duration::from_secs(20), || {
+        answer = client
+            .try_request("POST", "/projects?x=1", &[("x-user", b"ada")])
+            .ok();
+        answer.is_some()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = answer.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["method"], "POST");
+    assert_eq!(r.json()["path"], "/projects?x=1");
+    assert_eq!(r.upstream_header("x-user").as_deref(), Some("ada"));
 }

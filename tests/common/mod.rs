@@ -86,6 +86,18 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
+    /// Writes `<name>.pem` and `<name>-key.pem` into `dir`.
+    pub fn write(&self, dir: &Path, name: &str) {
+        fs::write(dir.join(format!("{name}.pem")), &self.cert_pem).unwrap();
+        fs::write(dir.join(format!("{name}-key.pem")), &self.key_pem).unwrap();
+    }
+
+    /// `cnf."x5t#S256"` for a token bound to this certificate (RFC 8705).
+    pub fn x5t_s256(&self) -> String {
+        use sha2::Digest;
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&self.der))
+    }
+
     /// Lower-case hex SHA-256 of the DER certificate (what Envoy reports).
     pub fn sha256_hex(&self) -> String {
         use sha2::Digest;
@@ -98,12 +110,16 @@ impl ClientCert {
 
 impl Pki {
     pub fn new(dir: &Path) -> Pki {
+        Pki::with_ca_name(dir, "meshguard test mesh CA")
+    }
+
+    /// A PKI whose CA has the common name `ca_name` (another mesh's CA, say).
+    pub fn with_ca_name(dir: &Path, ca_name: &str) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "meshguard test mesh CA");
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca, ca_key);
@@ -133,12 +149,40 @@ impl Pki {
 
     /// A workload certificate with a SPIFFE URI SAN, signed by the mesh CA.
     pub fn workload(&self, spiffe_id: &str) -> ClientCert {
+        self.issue(spiffe_id, false, false)
+    }
+
+    /// A workload certificate that is also a server certificate for `localhost`/`127.0.0.1`
+    /// (what a server-side sidecar presents).
+    pub fn server_workload(&self, spiffe_id: &str) -> ClientCert {
+        self.issue(spiffe_id, true, false)
+    }
+
+    /// A workload certificate of the mesh CA that expired in 2021.
+    pub fn expired_workload(&self, spiffe_id: &str) -> ClientCert {
+        self.issue(spiffe_id, false, true)
+    }
+
+    fn issue(&self, spiffe_id: &str, server: bool, expired: bool) -> ClientCert {
         use rcgen::{CertificateParams, DnType, KeyPair, SanType};
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let names = if server {
+            vec!["localhost".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut p = CertificateParams::new(names).unwrap();
+        if server {
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
         p.subject_alt_names
             .push(SanType::URI(spiffe_id.try_into().unwrap()));
         p.distinguished_name.push(DnType::CommonName, "workload");
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         ClientCert {
             cert_pem: cert.pem(),
@@ -661,8 +705,25 @@ impl Envoy {
             .unwrap_or_else(|| panic!("no listener {listener}"))
     }
 
+    /// Blocks until Envoy exits (for `make run`).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.as_mut().unwrap().wait().unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of a meshguard stat in Envoy's `/stats` (`meshguard.meshguard.<name>: N`).
+    pub fn meshguard_stat(&self, name: &str) -> u64 {
+        let suffix = format!("meshguard.meshguard.{name}: ");
+        self.stats()
+            .lines()
+            .find_map(|l| {
+                l.find(&suffix)
+                    .map(|i| l[i + suffix.len()..].trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no stat {name}"))
     }
 
     pub fn stats(&self) -> String {
@@ -723,6 +784,17 @@ pub struct Response {
 }
 
 impl Response {
+    /// `"200"`, or `"<status> <error_description>"` for a refusal: what the tables compare.
+    pub fn describe(&self) -> String {
+        match self.status {
+            200 => "200".to_string(),
+            s => format!(
+                "{s} {}",
+                self.json()["error_description"].as_str().unwrap_or("")
+            ),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -951,14 +1023,19 @@ impl Shipped {
         }
     }
 
-    /// Every `*.yaml` under `dir` (relative to the repository).
+    /// Every Envoy `*.yaml` under `dir` (relative to the repository); Compose files
+    /// (`docker-compose.yaml`) are not Envoy configs and are left out.
     pub fn all_under(dir: &str) -> Vec<String> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             for e in fs::read_dir(p).unwrap() {
                 let p = e.unwrap().path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains("compose"))
+                {
                     out.push(p);
                 }
             }
@@ -1012,31 +1089,51 @@ impl Shipped {
     }
 }
 
-/// A directory laid out as the shipped examples expect: `pki/` (mesh CA, server certificate)
-/// and `meshguard.wasm`.
-pub fn example_dir(tag: &str) -> (PathBuf, Pki) {
-    let dir = temp_dir(tag);
+/// The SPIFFE IDs of the sidecar-pair example's workloads.
+pub const SAAS_API: &str = "spiffe://cluster.local/ns/saas/sa/saas-api";
+pub const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+pub const REPORTS: &str = "spiffe://cluster.local/ns/batch/sa/reports";
+
+/// Lays `dir` out as the shipped examples expect: `pki/` (mesh CA `ca.pem`; `server.pem`;
+/// workload certificates `saas-api.pem` (also a server certificate), `frontend.pem`,
+/// `reports.pem`; each with its `-key.pem`) and `meshguard.wasm`.
+pub fn example_layout(dir: &Path) -> Pki {
     let pki_dir = dir.join("pki");
     fs::create_dir_all(&pki_dir).unwrap();
     let pki = Pki::new(&pki_dir);
+    pki.server_workload(SAAS_API).write(&pki_dir, "saas-api");
+    pki.workload(FRONTEND).write(&pki_dir, "frontend");
+    pki.workload(REPORTS).write(&pki_dir, "reports");
     std::os::unix::fs::symlink(wasm_path(), dir.join("meshguard.wasm")).unwrap();
+    pki
+}
+
+/// A new temporary directory laid out by [`example_layout`].
+pub fn example_dir(tag: &str) -> (PathBuf, Pki) {
+    let dir = temp_dir(tag);
+    let pki = example_layout(&dir);
     (dir, pki)
 }
 
-/// Starts a shipped example (ports 10443/9901 → picked by Envoy, 8080 → `upstream`,
-/// 8081 → `jwks`) with 2 workers.
+/// Starts the shipped Envoy YAML `relative` with 2 workers from `dir` (laid out by
+/// [`example_layout`]), its fixed ports mapped by `ports` (0: picked by Envoy; unlisted stay).
+pub fn start_shipped_in(relative: &str, dir: &Path, ports: &[(u64, u64)]) -> Envoy {
+    let ports: HashMap<u64, u64> = ports.iter().copied().collect();
+    Envoy::start(&Shipped::load(relative).runnable(dir, &ports), 2)
+}
+
+/// Starts a single-Envoy shipped example (ports 10443/9901 → picked by Envoy, 8080 →
+/// `upstream`, 8081 → `jwks`) with 2 workers, from a new directory (`pki.dir`'s parent).
 pub fn start_shipped(relative: &str, tag: &str, upstream: u16, jwks: u16) -> (Envoy, Pki, Shipped) {
     let (dir, pki) = example_dir(tag);
-    let shipped = Shipped::load(relative);
-    let ports: HashMap<u64, u64> = [
+    let ports = [
         (10443, 0),
         (9901, 0),
         (8080, u64::from(upstream)),
         (8081, u64::from(jwks)),
-    ]
-    .into();
-    let envoy = Envoy::start(&shipped.runnable(&dir, &ports), 2);
-    (envoy, pki, shipped)
+    ];
+    let envoy = start_shipped_in(relative, &dir, &ports);
+    (envoy, pki, Shipped::load(relative))
 }
 
 /// A plaintext HTTP/1.1 connection reused for many requests (keep-alive), for volume tests.
@@ -1129,5 +1226,65 @@ impl Stack {
             idp,
             upstream,
         }
+    }
+}
+
+/// A step-by-step check printed as a table: step, expected, got, PASS/FAIL.
+#[derive(Default)]
+pub struct Table {
+    pub rows: Vec<(String, String, String, bool)>,
+}
+
+impl Table {
+    pub fn check(&mut self, step: &str, expected: &str, got: String, pass: bool) {
+        self.rows.push((step.into(), expected.into(), got, pass));
+    }
+
+    /// A step whose outcome is a response: passes when `r.describe()` is `expected`.
+    pub fn expect(&mut self, step: &str, expected: &str, r: &Response) {
+        let got = r.describe();
+        let pass = got == expected;
+        self.check(step, expected, got, pass);
+    }
+
+    /// A step on what the upstream received: header `name` is `want`, or absent for `None`.
+    pub fn upstream(&mut self, step: &str, r: &Response, name: &str, want: Option<&str>) {
+        let got = r.upstream_header(name);
+        let show = |v: Option<&str>| v.unwrap_or("(removed)").to_string();
+        let pass = got.as_deref() == want;
+        self.check(step, &show(want), show(got.as_deref()), pass);
+    }
+
+    pub fn print(&self) {
+        let w = |i: usize| {
+            self.rows
+                .iter()
+                .map(|r| [&r.0, &r.1, &r.2][i].chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let (a, b, c) = (w(0).max(4), w(1).max(8), w(2).max(3));
+        println!(
+            "\n{:<a$}  {:<b$}  {:<c$}  result",
+            "step", "expected", "got"
+        );
+        println!("{}", "-".repeat(a + b + c + 12));
+        for (step, exp, got, pass) in &self.rows {
+            println!(
+                "{step:<a$}  {exp:<b$}  {got:<c$}  {}",
+                if *pass { "PASS" } else { "FAIL" }
+            );
+        }
+        println!();
+    }
+
+    pub fn assert_all_pass(&self) {
+        let failed: Vec<&str> = self
+            .rows
+            .iter()
+            .filter(|r| !r.3)
+            .map(|r| r.0.as_str())
+            .collect();
+        assert!(failed.is_empty(), "steps failed: {failed:?}");
     }
 }
