@@ -347,15 +347,12 @@ impl Engine {
         };
         let provider = cfg.providers.get(verified.provider);
         let required = provider.is_some_and(|p| p.require_certificate_binding);
-        let peer_digest = req
-            .peer
-            .certificate_sha256
-            .as_deref()
-            .filter(|_| req.peer.mtls);
-        check_binding(&verified.claims, required, peer_digest).map_err(|error| Rejected {
-            error,
-            provider: Some(verified.provider),
-        })?;
+        check_binding(&verified.claims, required, || req.peer.certificate_sha256()).map_err(
+            |error| Rejected {
+                error,
+                provider: Some(verified.provider),
+            },
+        )?;
         Ok(verified)
     }
 
@@ -491,11 +488,9 @@ fn identity(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> String {
                 .and_then(claim_header_value)
                 .map(|v| format!("claim:{}:{iss}|{v}", path.join("."))),
             IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
-            IdentitySource::CertificateSha256 => peer
-                .certificate_sha256
-                .as_ref()
-                .filter(|_| peer.mtls)
-                .map(|d| format!("cert:{d}")),
+            IdentitySource::CertificateSha256 => {
+                peer.certificate_sha256().map(|d| format!("cert:{d}"))
+            }
             IdentitySource::SourceIp => Some(source_ip_identity(peer)),
         };
         if let Some(id) = found {
@@ -507,7 +502,7 @@ fn identity(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> String {
 
 /// `ip:<address without port>`.
 fn source_ip_identity(peer: &Peer) -> String {
-    let addr = peer.source_address.as_deref().unwrap_or("unknown");
+    let addr = peer.source_address().unwrap_or("unknown");
     let ip = match addr.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => {
             host.trim_start_matches('[').trim_end_matches(']')

@@ -1,20 +1,107 @@
 //! Who is calling at the transport level: the mTLS peer and its SPIFFE identity.
 
-/// The downstream connection's peer, as the host reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Peer {
+use std::cell::OnceCell;
+
+/// Where the facts about the downstream peer come from. In Envoy each answer is a property read
+/// (a host call costing about as much as the rest of a cached-token decision), so [`Peer`] asks
+/// only for what a decision needs, at most once each.
+pub trait PeerFacts {
     /// A client certificate was presented (and, on a listener with a validation context,
     /// validated during the handshake).
-    pub mtls: bool,
+    fn mtls(&self) -> bool;
     /// First URI SAN of the peer certificate.
-    pub uri_san: Option<String>,
+    fn uri_san(&self) -> Option<String>;
     /// Lower-case hex SHA-256 of the peer certificate (DER).
-    pub certificate_sha256: Option<String>,
+    fn certificate_sha256(&self) -> Option<String>;
     /// `ip:port` of the downstream connection.
+    fn source_address(&self) -> Option<String>;
+}
+
+/// The peer's facts as plain data (tests, and anything that already knows them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub mtls: bool,
+    pub uri_san: Option<String>,
+    pub certificate_sha256: Option<String>,
     pub source_address: Option<String>,
 }
 
+/// The downstream connection's peer: each fact read from its [`PeerFacts`] on first use.
+#[derive(Clone, Default)]
+pub struct Peer {
+    facts: Option<&'static dyn PeerFacts>,
+    mtls: OnceCell<bool>,
+    uri_san: OnceCell<Option<String>>,
+    certificate_sha256: OnceCell<Option<String>>,
+    source_address: OnceCell<Option<String>>,
+}
+
+impl From<PeerInfo> for Peer {
+    fn from(info: PeerInfo) -> Peer {
+        Peer {
+            facts: None,
+            mtls: OnceCell::from(info.mtls),
+            uri_san: OnceCell::from(info.uri_san),
+            certificate_sha256: OnceCell::from(info.certificate_sha256),
+            source_address: OnceCell::from(info.source_address),
+        }
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("mtls", &self.mtls.get())
+            .field("uri_san", &self.uri_san.get())
+            .field("certificate_sha256", &self.certificate_sha256.get())
+            .field("source_address", &self.source_address.get())
+            .finish()
+    }
+}
+
 impl Peer {
+    /// A peer whose facts are read from `facts` when first needed.
+    pub fn lazy(facts: &'static dyn PeerFacts) -> Peer {
+        Peer {
+            facts: Some(facts),
+            ..Peer::default()
+        }
+    }
+
+    /// A client certificate was presented.
+    pub fn mtls(&self) -> bool {
+        *self
+            .mtls
+            .get_or_init(|| self.facts.is_some_and(|f| f.mtls()))
+    }
+
+    /// First URI SAN of the client certificate (none without one).
+    pub fn uri_san(&self) -> Option<&str> {
+        self.uri_san
+            .get_or_init(|| self.facts.filter(|_| self.mtls()).and_then(|f| f.uri_san()))
+            .as_deref()
+            .filter(|_| self.mtls())
+    }
+
+    /// Lower-case hex SHA-256 of the client certificate (none without one).
+    pub fn certificate_sha256(&self) -> Option<&str> {
+        self.certificate_sha256
+            .get_or_init(|| {
+                self.facts
+                    .filter(|_| self.mtls())
+                    .and_then(|f| f.certificate_sha256())
+            })
+            .as_deref()
+            .filter(|_| self.mtls())
+    }
+
+    /// `ip:port` of the downstream connection.
+    pub fn source_address(&self) -> Option<&str> {
+        self.source_address
+            .get_or_init(|| self.facts.and_then(|f| f.source_address()))
+            .as_deref()
+    }
+
     /// The SPIFFE identity of the client certificate.
     ///
     /// meshguard relies on the listener's TLS validation (Istio's and every shipped example's
@@ -22,17 +109,14 @@ impl Peer {
     /// Envoy's `connection.peer_certificate_valid` is not used: Envoy 1.40 reports it false on
     /// resumed TLS sessions, which would drop the identity of every resumed connection.
     pub fn spiffe(&self) -> Option<SpiffeId> {
-        if !self.mtls {
-            return None;
-        }
-        SpiffeId::parse(self.uri_san.as_deref()?)
+        SpiffeId::parse(self.uri_san()?)
     }
 
     /// The value of one peer field, for upstream headers. `None` when the peer has no
     /// verified identity or the field does not apply.
     pub fn field(&self, field: PeerField) -> Option<String> {
         if field == PeerField::CertificateSha256 {
-            return self.certificate_sha256.clone().filter(|_| self.mtls);
+            return self.certificate_sha256().map(str::to_string);
         }
         let id = self.spiffe()?;
         match field {
@@ -128,8 +212,8 @@ impl PeerField {
 mod tests {
     use super::*;
 
-    fn verified(uri: &str) -> Peer {
-        Peer {
+    fn verified(uri: &str) -> PeerInfo {
+        PeerInfo {
             mtls: true,
             uri_san: Some(uri.into()),
             certificate_sha256: Some("ab".repeat(32)),
@@ -169,12 +253,14 @@ mod tests {
 
     #[test]
     fn identity_only_with_a_client_certificate() {
-        let mut peer = verified("spiffe://cluster.local/ns/web/sa/frontend");
+        let mut info = verified("spiffe://cluster.local/ns/web/sa/frontend");
+        let peer = Peer::from(info.clone());
         assert_eq!(
             peer.field(PeerField::ServiceAccount).as_deref(),
             Some("frontend")
         );
-        peer.mtls = false;
+        info.mtls = false;
+        let peer = Peer::from(info);
         assert_eq!(peer.field(PeerField::SpiffeId), None);
         assert_eq!(peer.field(PeerField::CertificateSha256), None);
         let plain = Peer::default();

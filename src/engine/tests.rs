@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::decision::Forbidden;
-use crate::identity::Peer;
+use crate::identity::{Peer, PeerInfo};
 use crate::jwt::jwks::KeySet;
 use crate::jwt::TokenError;
 use crate::testkit::*;
@@ -49,13 +49,17 @@ fn run(e: &(Engine, Inline), req: &RequestView<'_>) -> Decision {
     e.0.decide(req, &inputs, &mut Events::default())
 }
 
-fn peer() -> Peer {
-    Peer {
+fn peer_info() -> PeerInfo {
+    PeerInfo {
         mtls: true,
         uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
         certificate_sha256: Some("0f".repeat(32)),
         source_address: Some("10.0.0.1:4000".into()),
     }
+}
+
+fn peer() -> Peer {
+    Peer::from(peer_info())
 }
 
 fn decide(e: &(Engine, Inline), headers: &[(&str, &str)], peer: &Peer) -> Decision {
@@ -146,8 +150,9 @@ fn peer_headers_are_absent_without_a_client_certificate() {
         json!({"outputPeerToHeaders": [{"header": "x-peer", "field": "spiffeId"}]}),
     );
     let auth = format!("Bearer {}", keys.eddsa(claims(json!({}))));
-    let mut unvalidated = peer();
+    let mut unvalidated = peer_info();
     unvalidated.mtls = false;
+    let unvalidated = Peer::from(unvalidated);
     let Decision::Allow(fwd) = decide(
         &e,
         &[("authorization", &auth), ("x-peer", "spoofed")],
@@ -395,13 +400,15 @@ fn certificate_bound_tokens() {
     let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x0fu8; 32]);
     let bound = keys.eddsa(claims(json!({"cnf": {"x5t#S256": thumb}})));
     let own = peer();
-    assert_eq!(own.certificate_sha256.as_deref(), Some(digest_hex.as_str()));
+    assert_eq!(own.certificate_sha256(), Some(digest_hex.as_str()));
     assert!(matches!(
         request(&e, "GET", "/", Some(&bound), &own),
         Decision::Allow(_)
     ));
-    let mut other = peer();
-    other.certificate_sha256 = Some("aa".repeat(32));
+    let other = Peer::from(PeerInfo {
+        certificate_sha256: Some("aa".repeat(32)),
+        ..peer_info()
+    });
     let r = denied(request(&e, "GET", "/", Some(&bound), &other));
     assert_eq!(
         (r.status, r.reason),
@@ -481,10 +488,10 @@ mod rate_limits {
                     format!("Bearer {t}").into_bytes(),
                 ));
             }
-            let peer = Peer {
+            let peer = Peer::from(PeerInfo {
                 source_address: Some(format!("{ip}:5555")),
-                ..Peer::default()
-            };
+                ..PeerInfo::default()
+            });
             let req = RequestView {
                 path,
                 headers: &headers,
@@ -812,4 +819,63 @@ fn the_token_cache_skips_the_signature_but_not_the_clock_or_a_key_change() {
         "a new key set means a miss"
     );
     assert_eq!(cache.borrow().len(), 1);
+}
+
+/// Counts the host reads behind a lazy [`Peer`] (each is a property read in Envoy).
+#[derive(Default)]
+struct CountingPeer {
+    reads: std::cell::RefCell<Vec<&'static str>>,
+}
+
+impl crate::identity::PeerFacts for CountingPeer {
+    fn mtls(&self) -> bool {
+        self.reads.borrow_mut().push("mtls");
+        true
+    }
+    fn uri_san(&self) -> Option<String> {
+        self.reads.borrow_mut().push("uri_san");
+        Some("spiffe://cluster.local/ns/web/sa/frontend".into())
+    }
+    fn certificate_sha256(&self) -> Option<String> {
+        self.reads.borrow_mut().push("certificate_sha256");
+        Some("0f".repeat(32))
+    }
+    fn source_address(&self) -> Option<String> {
+        self.reads.borrow_mut().push("source_address");
+        Some("10.0.0.1:4000".into())
+    }
+}
+
+#[test]
+fn peer_facts_are_read_only_when_the_decision_needs_them() {
+    let keys = TestKeys::new();
+    let reads = |top: serde_json::Value, token: &str| {
+        let e = routed(&keys, top, json!({}));
+        let facts: &'static CountingPeer = Box::leak(Box::default());
+        let d = request(&e, "GET", "/api", Some(token), &Peer::lazy(facts));
+        assert!(matches!(d, Decision::Allow(_)), "{d:?}");
+        facts.reads.take()
+    };
+    let with_sub = keys.eddsa(claims(json!({"sub": "alice", "scope": "read"})));
+    let no_sub = keys.eddsa(claims(json!({"sub": null, "scope": "read"})));
+    // A scope check and a limit keyed by `sub`: nothing about the connection is needed.
+    let by_sub = json!({
+        "routes": [{"match": {"pathPrefixes": ["/"]}, "require": {"scopes": {"anyOf": ["read"]}},
+                    "rateLimit": [{"policy": "p"}]}],
+        "rateLimits": {"identity": ["sub"], "policies": {"p": {"requests": 10, "per": "1s"}}}
+    });
+    assert_eq!(reads(by_sub.clone(), &with_sub), Vec::<&str>::new());
+    // Without `sub` the bucket falls back to the source address.
+    assert_eq!(reads(by_sub, &no_sub), ["source_address"]);
+    // A SPIFFE header: the certificate, once each, however often the core asks.
+    let header = json!({"outputPeerToHeaders": [
+        {"header": "x-peer", "field": "spiffeId"}, {"header": "x-ns", "field": "namespace"}]});
+    assert_eq!(reads(header, &with_sub), ["mtls", "uri_san"]);
+    // A certificate-bound token: the digest.
+    let thumb = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        [0x0fu8; 32],
+    );
+    let bound = keys.eddsa(claims(json!({"cnf": {"x5t#S256": thumb}})));
+    assert_eq!(reads(json!({}), &bound), ["mtls", "certificate_sha256"]);
 }

@@ -11,7 +11,7 @@ use proxy_wasm::types::{Action, LogLevel};
 
 use crate::decision::{Decision, LocalReply, Reason};
 use crate::engine::{Events, Inputs};
-use crate::identity::Peer;
+use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
@@ -38,39 +38,6 @@ impl Filter {
         }
     }
 
-    fn property_string(&self, path: Vec<&str>) -> Option<String> {
-        self.get_property(path)
-            .and_then(|b| String::from_utf8(b).ok())
-            .filter(|s| !s.is_empty())
-    }
-
-    fn property_bool(&self, path: Vec<&str>) -> bool {
-        self.get_property(path)
-            .is_some_and(|b| b.first() == Some(&1))
-    }
-
-    fn peer(&self) -> Peer {
-        let mtls = self.property_bool(vec!["connection", "mtls"]);
-        let cert = |p: &str| {
-            if mtls {
-                self.property_string(vec!["connection", p])
-            } else {
-                None
-            }
-        };
-        Peer {
-            mtls,
-            uri_san: cert("uri_san_peer_certificate"),
-            certificate_sha256: cert("sha256_peer_certificate_digest"),
-            // Only rate limiting uses it in the core; denial logs read it themselves.
-            source_address: if self.worker.engine.config.rate_limits.is_some() {
-                self.property_string(vec!["source", "address"])
-            } else {
-                None
-            },
-        }
-    }
-
     /// Reads the request, decides (catching up with shared keys once on a key miss).
     fn evaluate(&self) -> (Decision, Events, Peer) {
         let headers = self.get_http_request_headers_bytes();
@@ -82,7 +49,7 @@ impl Filter {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .unwrap_or("")
             .to_string();
-        let peer = self.peer();
+        let peer = Peer::lazy(&HostPeer);
         let now = now_ns(self.get_current_time());
         let req = RequestView {
             path: &path,
@@ -177,11 +144,8 @@ impl Filter {
             "status": reply.status,
             "reason": reply.reason.code(),
             "route": reply.route,
-            "request_id": self.property_string(vec!["request", "id"]),
-            "source_address": peer
-                .source_address
-                .clone()
-                .or_else(|| self.property_string(vec!["source", "address"])),
+            "request_id": property_text(&["request", "id"]),
+            "source_address": peer.source_address(),
             "spiffe_id": peer.spiffe().map(|id| id.uri),
             "iss": caller.iss,
             "sub": caller.sub,
@@ -247,5 +211,38 @@ impl HttpContext for Filter {
             self.set_http_response_header(name, Some(&value));
         }
         Action::Continue
+    }
+}
+
+/// The downstream connection's facts, read from Envoy's properties when the core asks.
+struct HostPeer;
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    proxy_wasm::hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+}
+
+fn property_text(path: &[&str]) -> Option<String> {
+    property(path)
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+}
+
+impl PeerFacts for HostPeer {
+    fn mtls(&self) -> bool {
+        property(&["connection", "mtls"]).is_some_and(|b| b.first() == Some(&1))
+    }
+
+    fn uri_san(&self) -> Option<String> {
+        property_text(&["connection", "uri_san_peer_certificate"])
+    }
+
+    fn certificate_sha256(&self) -> Option<String> {
+        property_text(&["connection", "sha256_peer_certificate_digest"])
+    }
+
+    fn source_address(&self) -> Option<String> {
+        property_text(&["source", "address"])
     }
 }

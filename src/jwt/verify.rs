@@ -135,11 +135,12 @@ pub fn check_claims(claims: &Claims, provider: &Provider, now_s: u64) -> Result<
 mod tests;
 
 /// RFC 8705 §3: a token carrying `cnf."x5t#S256"` is bound to the client certificate whose
-/// SHA-256 (base64url, no padding) it names. `peer_sha256_hex` is Envoy's lower-case hex digest.
-pub fn check_binding(
+/// SHA-256 (base64url, no padding) it names. `peer_sha256_hex` gives Envoy's lower-case hex
+/// digest of the client certificate; it is asked only for a bound token.
+pub fn check_binding<'p>(
     claims: &Claims,
     required: bool,
-    peer_sha256_hex: Option<&str>,
+    peer_sha256_hex: impl FnOnce() -> Option<&'p str>,
 ) -> Result<(), TokenError> {
     use base64::Engine as _;
     let thumbprint = match claims.all.get("cnf") {
@@ -160,7 +161,7 @@ pub fn check_binding(
             Ok(())
         };
     };
-    let digest = peer_sha256_hex
+    let digest = peer_sha256_hex()
         .and_then(hex_decode)
         .ok_or(TokenError::BindingMismatch)?;
     let peer = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);

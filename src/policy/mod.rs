@@ -288,7 +288,7 @@ impl Requirements {
 impl PeerRequirement {
     fn check(&self, peer: &Peer) -> Result<(), Denial> {
         let needs_identity = !self.principals.is_empty() || !self.namespaces.is_empty();
-        if (self.require_mtls || needs_identity) && !peer.mtls {
+        if (self.require_mtls || needs_identity) && !peer.mtls() {
             return Err(Denial::MtlsRequired);
         }
         if !needs_identity {

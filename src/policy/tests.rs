@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::Config;
+use crate::identity::PeerInfo;
 use crate::testkit::{TestKeys, ISSUER};
 
 fn policy(top: Value) -> Policy {
@@ -255,10 +256,12 @@ fn peers_by_spiffe_pattern_namespace_and_mtls() {
         {"require": {"peers": {"requireMtls": true}}},
         {"require": {"peers": {"principals": ["spiffe://cluster.local/ns/payments/**"]}}}
     ]}));
-    let peer = |id: &str| Peer {
-        mtls: true,
-        uri_san: Some(id.into()),
-        ..Peer::default()
+    let peer = |id: &str| {
+        Peer::from(PeerInfo {
+            mtls: true,
+            uri_san: Some(id.into()),
+            ..PeerInfo::default()
+        })
     };
     let [by_principal, by_ns, mtls, by_prefix] = [0, 1, 2, 3].map(|i| &p.routes[i].require);
     assert_eq!(
@@ -296,10 +299,10 @@ fn peers_by_spiffe_pattern_namespace_and_mtls() {
     assert_eq!(
         mtls.check(
             None,
-            &Peer {
+            &Peer::from(PeerInfo {
                 mtls: true,
-                ..Peer::default()
-            }
+                ..PeerInfo::default()
+            })
         ),
         Ok(())
     );
