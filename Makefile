@@ -54,9 +54,11 @@ demo: build
 run: build
 	cargo run --quiet --example run
 
-# Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, meshguard.
+# Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, an empty
+# proxy-wasm filter (bench/floor), meshguard.
 # Installs wrk (Debian) and the bench's Python packages into the project venv.
 bench: build
+	cargo build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	@command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check pyjwt==2.15.1 cryptography matplotlib
 	$(PY) bench/bench.py

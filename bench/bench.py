@@ -4,6 +4,8 @@ Setups, on the same Envoy binary and a direct-response route, 2 workers each:
   bare      no auth filters
   native    jwt_authn (remote JWKS, jwt_cache_config on) + rbac on the scope claim
             + local_ratelimit (limit high enough not to trigger)
+  wasm-floor an empty proxy-wasm filter (bench/floor: every callback returns Continue), same
+            SDK and runtime: what any proxy-wasm filter costs before it does any work
   meshguard the same policy: remote JWKS, scope "read" required, a per-identity limit that does
             not trigger
 
@@ -14,7 +16,7 @@ Workloads (wrk, plaintext HTTP/1.1 keep-alive):
   W4 flood: 58 connections send forged tokens (valid shape, bad signature) while 6 send
      legitimate ones; the legitimate requests' p99 is reported
 
-Setups are interleaved (bare, native, meshguard, bare, …) for ROUNDS rounds so drift hits all
+Setups are interleaved (bare, native, wasm-floor, meshguard, bare, …) for ROUNDS rounds so drift hits all
 equally; each run starts a fresh Envoy. Reported numbers are medians over rounds. Writes
 bench/results.json and bench/chart.png and prints a table.
 """
@@ -44,10 +46,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".venv/bin/envoy"))
 WASM = os.environ.get("MESHGUARD_WASM", str(ROOT / "target/wasm32-wasip1/release/meshguard.wasm"))
+FLOOR_WASM = os.environ.get("FLOOR_WASM", str(ROOT / "bench/floor/target/wasm32-wasip1/release/meshguard_bench_floor.wasm"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 ISSUER, AUDIENCE = "https://idp.bench", "bench"
-SETUPS = ["bare", "native", "meshguard"]
+SETUPS = ["bare", "native", "wasm-floor", "meshguard"]
 WORKLOADS = ["W1", "W2", "W3", "W4"]
 
 
@@ -174,7 +177,18 @@ def bootstrap(setup: str, jwks_port: int) -> str:
                   vm_id: meshguard
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: {WASM}}}}}"""
-    filters = {"bare": "", "native": native, "meshguard": meshguard}[setup]
+    floor = f"""
+          - name: floor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: floor
+                root_id: floor
+                vm_config:
+                  vm_id: floor
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {FLOOR_WASM}}}}}"""
+    filters = {"bare": "", "native": native, "wasm-floor": floor, "meshguard": meshguard}[setup]
     return f"""
 static_resources:
   listeners:
@@ -378,6 +392,8 @@ def main():
     ratios = {
         "warm_vs_native": summary["W1"]["meshguard"]["rps"] / summary["W1"]["native"]["rps"],
         "warm_vs_bare": summary["W1"]["meshguard"]["rps"] / summary["W1"]["bare"]["rps"],
+        "warm_vs_wasm_floor": summary["W1"]["meshguard"]["rps"] / summary["W1"]["wasm-floor"]["rps"],
+        "wasm_floor_vs_native": summary["W1"]["wasm-floor"]["rps"] / summary["W1"]["native"]["rps"],
         "cold_vs_native": summary["W2"]["meshguard"]["rps"] / summary["W2"]["native"]["rps"],
         "es256_warm_vs_native": summary["W3"]["meshguard"]["rps"] / summary["W3"]["native"]["rps"],
         "flood_legit_p99_vs_warm_p99": summary["W4"]["meshguard"]["p99_ms"] / summary["W1"]["meshguard"]["p99_ms"],
@@ -406,9 +422,9 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.25
+    width = 0.2
     for i, s in enumerate(SETUPS):
-        xs = [j + (i - 1) * width for j in range(len(WORKLOADS))]
+        xs = [j + (i - (len(SETUPS) - 1) / 2) * width for j in range(len(WORKLOADS))]
         axes[0].bar(xs, [summary[w][s]["rps"] for w in WORKLOADS], width, label=s)
         axes[1].bar(xs, [summary[w][s]["p99_ms"] for w in WORKLOADS], width, label=s)
     labels = ["W1 warm RS256", "W2 cold RS256", "W3 warm ES256", "W4 flood (legit)"]
@@ -417,7 +433,7 @@ def main():
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_title(title)
         ax.legend()
-    fig.suptitle(f"meshguard vs Envoy native vs bare — medians of {ROUNDS} interleaved rounds, 2 workers")
+    fig.suptitle(f"meshguard vs Envoy native vs an empty wasm filter vs bare — medians of {ROUNDS} interleaved rounds, 2 workers")
     fig.tight_layout()
     fig.savefig(out_dir / "chart.png", dpi=110)
     print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'chart.png'}")
