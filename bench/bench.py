@@ -163,31 +163,23 @@ def bootstrap(setup: str, jwks_port: int) -> str:
                     "rateLimit": [{"policy": "high"}]}],
         "rateLimits": {"identity": ["sub"], "policies": {"high": {"requests": 100000000, "per": "1s"}}},
     })
-    meshguard = f"""
-          - name: meshguard
+    def wasm_filter(name: str, path: str, configuration: str = "") -> str:
+        return f"""
+          - name: {name}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: meshguard
-                root_id: meshguard
+                name: {name}
+                root_id: {name}{configuration}
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {path}}}}}"""
+    meshguard = wasm_filter("meshguard", WASM, f"""
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(plugin)}
-                vm_config:
-                  vm_id: meshguard
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {WASM}}}}}"""
-    floor = f"""
-          - name: floor
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: floor
-                root_id: floor
-                vm_config:
-                  vm_id: floor
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {FLOOR_WASM}}}}}"""
+                  value: {json.dumps(plugin)}""")
+    floor = wasm_filter("floor", FLOOR_WASM)
     filters = {"bare": "", "native": native, "wasm-floor": floor, "meshguard": meshguard}[setup]
     return f"""
 static_resources:
