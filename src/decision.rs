@@ -178,6 +178,8 @@ pub struct Forward {
     pub remove_headers: Vec<String>,
     /// Then set.
     pub set_headers: Vec<(String, String)>,
+    /// A new `:path`: the request's without the query parameter the token came from.
+    pub set_path: Option<String>,
     /// In dry-run mode: the answer enforcement would have given (log it, count it, forward).
     pub dry_run: Option<LocalReply>,
     /// Set on the upstream's response (remaining-quota headers).

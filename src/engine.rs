@@ -275,7 +275,7 @@ impl Engine {
                 return Err(Refusal::new(Reason::InvalidToken(e)));
             }
         };
-        self.identity_headers(&verified, &credential.sources, fwd);
+        self.identity_headers(req, &verified, &credential.sources, fwd);
         Ok(Some(verified.claims))
     }
 
@@ -443,18 +443,32 @@ impl Engine {
     }
 
     /// Upstream header changes for an authenticated request.
-    fn identity_headers(&self, token: &VerifiedToken, sources: &[usize], fwd: &mut Forward) {
+    fn identity_headers(
+        &self,
+        req: &RequestView<'_>,
+        token: &VerifiedToken,
+        sources: &[usize],
+        fwd: &mut Forward,
+    ) {
         let cfg = &self.config;
         let Some(provider) = cfg.providers.get(token.provider) else {
             return;
         };
         if !provider.forward_original_token {
+            let mut params = Vec::new();
             for s in sources {
-                if let Some(TokenSource::Header { name, .. }) = cfg.token_sources.get(*s) {
-                    if !fwd.remove_headers.contains(name) {
+                match cfg.token_sources.get(*s) {
+                    Some(TokenSource::Header { name, .. })
+                        if !fwd.remove_headers.contains(name) =>
+                    {
                         fwd.remove_headers.push(name.clone());
                     }
+                    Some(TokenSource::Param { name }) => params.push(name.as_str()),
+                    _ => {}
                 }
+            }
+            if !params.is_empty() {
+                fwd.set_path = req.path_without_params(&params);
             }
         }
         for ch in &provider.claim_headers {

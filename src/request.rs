@@ -48,6 +48,37 @@ impl<'a> RequestView<'a> {
         no_fragment.split_once('?').map_or("", |(_, q)| q)
     }
 
+    /// `:path` without the query parameters named in `names` (compared percent-decoded), or
+    /// `None` when there is none of them. Other parameters keep their order and spelling.
+    pub fn path_without_params(&self, names: &[&str]) -> Option<String> {
+        let (no_fragment, fragment) = match self.path.split_once('#') {
+            Some((p, f)) => (p, Some(f)),
+            None => (self.path, None),
+        };
+        let (path, query) = no_fragment.split_once('?')?;
+        let named = |pair: &&str| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            names
+                .iter()
+                .any(|n| percent_decode(key.as_bytes()) == n.as_bytes())
+        };
+        let pairs: Vec<&str> = query.split('&').collect();
+        if !pairs.iter().any(named) {
+            return None;
+        }
+        let kept: Vec<&str> = pairs.into_iter().filter(|p| !named(p)).collect();
+        let mut out = path.to_string();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        Some(out)
+    }
+
     /// The percent-decoded values of query parameter `name`.
     pub fn query_params(&self, name: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
         self.query().split('&').filter_map(move |pair| {
@@ -103,6 +134,29 @@ mod tests {
             vec![Vec::<u8>::new()]
         );
         assert_eq!(req.query_params("nope").count(), 0);
+    }
+
+    #[test]
+    fn token_parameters_come_out_of_the_path() {
+        let peer = Peer::default();
+        let view = |path| RequestView {
+            path,
+            headers: &[],
+            peer: &peer,
+        };
+        let strip = |path| view(path).path_without_params(&["access_token"]);
+        assert_eq!(
+            strip("/a?x=1&access_token=abc&y=2").as_deref(),
+            Some("/a?x=1&y=2")
+        );
+        assert_eq!(strip("/a?access_token=abc").as_deref(), Some("/a"));
+        assert_eq!(
+            strip("/a?access%5Ftoken=abc&access_token&z").as_deref(),
+            Some("/a?z")
+        );
+        assert_eq!(strip("/a?x=1#f").as_deref(), None);
+        assert_eq!(strip("/a").as_deref(), None);
+        assert_eq!(strip("/a?x=access_token").as_deref(), None);
     }
 
     #[test]

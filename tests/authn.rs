@@ -191,12 +191,14 @@ fn valid_tokens_reach_upstream_with_identity_headers_and_without_authorization()
     assert_eq!(r.upstream_header("x-peer-spiffe"), None);
     assert_eq!(r.upstream_header("x-user").as_deref(), Some("alice"));
 
-    // A token in the configured query parameter works too.
+    // A token in the configured query parameter works too, and the upstream gets the path
+    // without it (other parameters as they were).
     let r = plain.get(
-        &format!("/q?access_token={}", s.ed.sign(&claims(json!({})))),
+        &format!("/q?x=1&access_token={}&y=2", s.ed.sign(&claims(json!({})))),
         &[],
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/q?x=1&y=2");
 }
 
 #[test]

@@ -879,3 +879,31 @@ fn peer_facts_are_read_only_when_the_decision_needs_them() {
     let bound = keys.eddsa(claims(json!({"cnf": {"x5t#S256": thumb}})));
     assert_eq!(reads(json!({}), &bound), ["mtls", "certificate_sha256"]);
 }
+
+#[test]
+fn a_query_parameter_token_is_cut_from_the_forwarded_path() {
+    let keys = TestKeys::new();
+    let token = keys.eddsa(claims(json!({})));
+    let path = format!("/q?a=1&access_token={token}&b=2");
+    let forwarded = |provider: serde_json::Value| {
+        let e = engine(&keys, provider, json!({}));
+        let peer = Peer::default();
+        let req = RequestView {
+            path: &path,
+            headers: &[],
+            peer: &peer,
+        };
+        match run(&e, &req) {
+            Decision::Allow(fwd) => fwd.set_path,
+            Decision::Deny(r) => panic!("denied: {r:?}"),
+        }
+    };
+    assert_eq!(
+        forwarded(json!({"fromParams": ["access_token"]})).as_deref(),
+        Some("/q?a=1&b=2")
+    );
+    assert_eq!(
+        forwarded(json!({"fromParams": ["access_token"], "forwardOriginalToken": true})),
+        None
+    );
+}

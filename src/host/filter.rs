@@ -113,6 +113,9 @@ impl Filter {
                 for (name, value) in &fwd.set_headers {
                     self.set_http_request_header(name, Some(value));
                 }
+                if let Some(path) = &fwd.set_path {
+                    self.set_http_request_header(":path", Some(path));
+                }
                 self.response_headers = fwd.response_headers;
                 Action::Continue
             }
