@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::config::{Config, TokenSource};
 use crate::decision::{Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
 use crate::identity::Peer;
-use crate::jwt::cache::{Cached, TokenCache};
+use crate::jwt::cache::{token_hash, Cached, TokenCache};
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
@@ -296,7 +296,7 @@ impl Engine {
             });
         }
         let now_s = inputs.now_ns / 1_000_000_000;
-        let hash = identity_hash(token);
+        let hash = token_hash(token);
         let cached = inputs.cache.and_then(|c| {
             let cache = c.borrow();
             let hit = cache.get(token, hash)?;
