@@ -55,6 +55,8 @@ pub struct Events {
     pub shared_slots: u32,
     /// The provider whose key set lacked a token's `kid` (a refetch may be due).
     pub key_miss: Option<usize>,
+    /// The provider that had no keys for a token (a request may wait for its first keys).
+    pub keys_unavailable: Option<usize>,
     pub cache_hits: u32,
     pub cache_misses: u32,
 }
@@ -263,6 +265,9 @@ impl Engine {
             Err(Rejected { error: e, provider }) => {
                 if e == TokenError::UnknownKey {
                     events.key_miss = provider;
+                }
+                if e == TokenError::KeysUnavailable {
+                    events.keys_unavailable = provider;
                 }
                 if let Some((limit, key, hash)) = &guard {
                     if e != TokenError::KeysUnavailable {

@@ -142,6 +142,98 @@ impl Lease {
     }
 }
 
+/// Why a JWKS fetch failed: each is counted (`jwks.<provider>.fetch_error.<code>`) and logged;
+/// none of them touches the keys already held (stale-if-error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchError {
+    /// Envoy refused to start the call (e.g. no such cluster).
+    Dispatch,
+    /// No response headers: connection refused or reset, timeout, a body cut short or larger
+    /// than Envoy's buffer.
+    NoResponse,
+    /// A status other than 200 (redirects are not followed).
+    Status,
+    /// A `content-type` that is not JSON.
+    ContentType,
+    /// A body larger than `jwksMaxBytes`.
+    TooLarge,
+    /// Not JSON, or not a JWK set.
+    Invalid,
+    /// A JWK set without a key meshguard can use.
+    NoUsableKey,
+    /// The document could not be stored in shared data.
+    Store,
+}
+
+impl FetchError {
+    pub const ALL: [FetchError; 8] = [
+        FetchError::Dispatch,
+        FetchError::NoResponse,
+        FetchError::Status,
+        FetchError::ContentType,
+        FetchError::TooLarge,
+        FetchError::Invalid,
+        FetchError::NoUsableKey,
+        FetchError::Store,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            FetchError::Dispatch => "dispatch",
+            FetchError::NoResponse => "no_response",
+            FetchError::Status => "status",
+            FetchError::ContentType => "content_type",
+            FetchError::TooLarge => "too_large",
+            FetchError::Invalid => "invalid",
+            FetchError::NoUsableKey => "no_usable_key",
+            FetchError::Store => "store",
+        }
+    }
+}
+
+/// What arrived in answer to a JWKS fetch, before the body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerHead<'a> {
+    /// Number of response headers the host reported (0: the call failed without a response).
+    pub headers: usize,
+    pub status: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub body_size: usize,
+}
+
+/// Judges an answer's status line and headers: `Ok` when its body is worth reading. A missing
+/// `content-type` is tolerated (some IdPs omit it); a present one must be JSON
+/// (`application/json`, `application/jwk-set+json` or another `+json` type).
+pub fn judge_answer(head: &AnswerHead<'_>, max_bytes: usize) -> Result<(), FetchError> {
+    if head.headers == 0 {
+        return Err(FetchError::NoResponse);
+    }
+    match head.status {
+        None => return Err(FetchError::NoResponse),
+        Some(b"200") => {}
+        Some(_) => return Err(FetchError::Status),
+    }
+    if let Some(ct) = head.content_type {
+        let ct = String::from_utf8_lossy(ct);
+        let media = ct.split(';').next().unwrap_or_default().trim();
+        let json = media.eq_ignore_ascii_case("application/json")
+            || (media.len() > "application/+json".len()
+                && media
+                    .get(..12)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                && media
+                    .get(media.len() - 5..)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("+json")));
+        if !json {
+            return Err(FetchError::ContentType);
+        }
+    }
+    if head.body_size > max_bytes {
+        return Err(FetchError::TooLarge);
+    }
+    Ok(())
+}
+
 /// Whether a kid miss at `now_ms` may cause a refetch, given the last one (ms; 0 = never).
 pub fn refetch_allowed(last_ms: u64, now_ms: u64, interval_s: u64) -> bool {
     last_ms == 0 || now_ms.saturating_sub(last_ms) >= interval_s.saturating_mul(1000)
@@ -150,6 +242,61 @@ pub fn refetch_allowed(last_ms: u64, now_ms: u64, interval_s: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head<'a>(status: &'a [u8], ct: Option<&'a [u8]>, body: usize) -> AnswerHead<'a> {
+        AnswerHead {
+            headers: 3,
+            status: Some(status),
+            content_type: ct,
+            body_size: body,
+        }
+    }
+
+    #[test]
+    fn answers_are_judged_before_the_body_is_read() {
+        let json = Some(&b"application/json; charset=utf-8"[..]);
+        assert_eq!(judge_answer(&head(b"200", json, 10), 100), Ok(()));
+        assert_eq!(
+            judge_answer(&head(b"200", Some(b"application/jwk-set+json"), 10), 100),
+            Ok(())
+        );
+        assert_eq!(judge_answer(&head(b"200", None, 10), 100), Ok(()));
+        let no_headers = AnswerHead {
+            headers: 0,
+            status: None,
+            content_type: None,
+            body_size: 0,
+        };
+        assert_eq!(judge_answer(&no_headers, 100), Err(FetchError::NoResponse));
+        assert_eq!(
+            judge_answer(&head(b"302", json, 0), 100),
+            Err(FetchError::Status)
+        );
+        assert_eq!(
+            judge_answer(&head(b"500", json, 0), 100),
+            Err(FetchError::Status)
+        );
+        assert_eq!(
+            judge_answer(&head(b"200", Some(b"text/html"), 10), 100),
+            Err(FetchError::ContentType)
+        );
+        assert_eq!(
+            judge_answer(&head(b"200", Some(b"application/+json"), 10), 100),
+            Err(FetchError::ContentType)
+        );
+        assert_eq!(
+            judge_answer(&head(b"200", json, 101), 100),
+            Err(FetchError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn every_fetch_error_has_its_own_code() {
+        let mut codes: Vec<_> = FetchError::ALL.iter().map(|e| e.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), FetchError::ALL.len());
+    }
 
     #[test]
     fn kid_miss_refetches_are_rate_limited() {

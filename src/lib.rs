@@ -3,9 +3,9 @@
 //! pass, answering per RFC 6750.
 //!
 //! The rule of this crate: **the core is pure, `host/` is glue.** Every module except `host`
-//! is plain Rust that never touches the proxy-wasm SDK and never reads a clock (`now` is an argument),
+//! is plain Rust that never calls the proxy and never reads a clock (`now` is an argument),
 //! so it is unit-tested on the host and inside a wasm engine. `host/` (compiled for wasm32
-//! only) reads the request, calls [`engine::Engine::decide`] once, and applies the decision.
+//! only; meshguard's own ABI bindings, no SDK) reads the request, calls [`engine::Engine::decide`] once, and applies the decision.
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -17,7 +17,8 @@
 //! | [`policy`] | routes (first match wins), path normalisation, requirements |
 //! | [`decision`] | the one table reason → status, challenge, body, code |
 //! | [`engine`] | the pipeline: one call per request |
-//! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches |
+//! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
+//! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod check;
@@ -30,6 +31,7 @@ pub mod jwt;
 pub mod policy;
 pub mod ratelimit;
 pub mod request;
+pub mod wire;
 
 #[cfg(test)]
 mod testkit;

@@ -1,23 +1,20 @@
 //! Rate-limit buckets in Envoy shared data (one lock, compare-and-swap per key).
 
-use proxy_wasm::hostcalls;
-
 use crate::ratelimit::store::{BucketStore, CasMismatch};
+
+use super::abi;
 
 pub struct SharedData;
 
 impl BucketStore for SharedData {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
-            // An existing key written with an empty value comes back as `None`.
-            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
-            _ => None,
-        }
+        abi::shared_get(key).ok().flatten()
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), CasMismatch> {
-        hostcalls::set_shared_data(key, Some(value), Some(cas)).map_err(|_| CasMismatch)
+        // Any refusal (not only a lost race) means the charge did not happen: the caller retries
+        // and, out of attempts, applies `onContention`.
+        abi::shared_set(key, value, cas).map_err(|_| CasMismatch)
     }
 }
 
@@ -27,7 +24,7 @@ impl BucketStore for SharedData {
 pub fn create_slots(keys: &[String]) {
     for key in keys {
         if SharedData.get(key).is_none() {
-            let _ = hostcalls::set_shared_data(key, Some(&[]), None);
+            let _ = abi::shared_set(key, &[], 0);
         }
     }
 }

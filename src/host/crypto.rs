@@ -3,11 +3,9 @@
 
 use std::cell::Cell;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
-
 use crate::jwt::crypto::{decode_result, encode_args, HostCrypto};
 
+use super::abi::{self, LogLevel};
 use super::log;
 
 #[derive(Default)]
@@ -28,7 +26,7 @@ impl HostCrypto for BoringSsl {
             return None;
         }
         let args = encode_args(hash, public_key_der, signature, message);
-        match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+        match abi::foreign("verify_signature", &args) {
             Ok(Some(answer)) => {
                 self.available.set(Some(true));
                 decode_result(&answer)

@@ -1,14 +1,19 @@
 //! HTTP context: gather the request's inputs, call the core once, apply the decision.
 //!
-//! When a token names a `kid` the provider's keys lack, this worker first catches up with the
-//! shared key set; if that does not help and the provider's refetch slot is free, it fetches the
-//! JWKS itself and the request waits for it, so the first token signed with a rotated key passes.
+//! Two cases make a request wait instead of being answered at once:
+//! - a token names a `kid` the provider's keys lack: this worker first catches up with the shared
+//!   key set; if that does not help and the provider's refetch slot is free, it fetches the JWKS
+//!   itself and the request waits for the answer, so the first token signed with a rotated key
+//!   passes;
+//! - a provider has never had keys (just configured, or its `jwksUri` changed): the request waits
+//!   for the first fetch, at most the provider's `jwksTimeoutMs`, and the root context gives it
+//!   another look when keys arrive or the wait is over.
+//!
+//! While a request waits, its body and trailers wait too (see `dispatch`).
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
-
+use crate::config::KeySource;
 use crate::decision::{Decision, LocalReply, Reason};
 use crate::engine::{Events, Inputs};
 use crate::identity::{Peer, PeerFacts};
@@ -17,42 +22,164 @@ use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
 use crate::request::RequestView;
 
+use super::abi::{self, LogLevel, MapType};
 use super::buckets::SharedData;
-use super::root::Worker;
-use super::{jwks, log, now_ms, now_ns};
+use super::dispatch::{self, CONTINUE, STOP};
+use super::jwks::{self, Answer};
+use super::root::{Worker, MAX_WAITING};
+use super::{log, log_enabled, now_ns};
+
+/// Extra wait beyond `jwksTimeoutMs` for the timer that gives waiting requests another look.
+const WAIT_MARGIN_MS: u64 = 250;
 
 pub struct Filter {
     worker: Rc<Worker>,
+    id: u32,
     /// Headers to add to the upstream's response (remaining quota).
     response_headers: Vec<(&'static str, String)>,
     /// A kid-miss refetch this request waits for: call token, provider, lease.
     refetch: Option<(u32, usize, Lease)>,
+    /// Waiting for a provider's first keys: the provider, until when (ms since the epoch).
+    waiting: Option<(usize, u64)>,
 }
 
 impl Filter {
-    pub fn new(worker: Rc<Worker>) -> Filter {
+    pub fn new(worker: Rc<Worker>, id: u32) -> Filter {
         Filter {
             worker,
+            id,
             response_headers: Vec::new(),
             refetch: None,
+            waiting: None,
+        }
+    }
+
+    /// True while the request waits for keys (its body and trailers must wait too).
+    pub fn holding(&self) -> bool {
+        self.refetch.is_some() || self.waiting.is_some()
+    }
+
+    pub fn on_request_headers(&mut self) -> u32 {
+        let Some(now) = now_ns() else {
+            return refuse_unjudged("the host clock is unavailable");
+        };
+        let (decision, events, peer) = self.evaluate(now);
+        let now_ms = now / 1_000_000;
+        if let Some(index) = events.key_miss {
+            if jwks::claim_refetch(&self.worker, index, now_ms) {
+                if let Some((token, lease)) = jwks::start(&self.worker, index, now_ms, true) {
+                    log(
+                        LogLevel::Info,
+                        "meshguard: unknown kid: refetching the JWKS; the request waits",
+                    );
+                    self.refetch = Some((token, index, lease));
+                    dispatch::expect_answer(token, self.id);
+                    return STOP;
+                }
+            }
+        }
+        if let (Decision::Deny(_), Some(index)) = (&decision, events.keys_unavailable) {
+            if let Some(until) = self.first_keys_wait(index, now_ms) {
+                log(
+                    LogLevel::Debug,
+                    "meshguard: provider has no keys yet: the request waits for the first fetch",
+                );
+                self.waiting = Some((index, until));
+                self.worker.waiting.borrow_mut().push(self.id);
+                return STOP;
+            }
+        }
+        self.apply(decision, &peer)
+    }
+
+    /// Until when a request may wait for provider `index`'s first keys: `None` when the provider
+    /// is not remote, has had keys before (dropped as stale: fail closed at once), its first
+    /// fetch failed already (answer at once rather than wait for a retry), or too many requests
+    /// wait already.
+    fn first_keys_wait(&self, index: usize, now_ms: u64) -> Option<u64> {
+        let provider = self.worker.engine.config.providers.get(index)?;
+        let KeySource::Remote(remote) = &provider.keys else {
+            return None;
+        };
+        let pending = self.worker.keys.borrow().first_fetch_pending(index);
+        (pending && self.worker.waiting.borrow().len() < MAX_WAITING)
+            .then(|| now_ms + remote.timeout_ms + WAIT_MARGIN_MS)
+    }
+
+    /// Another look at a request waiting for first keys (called by the root, with this request's
+    /// stream made current): judged once the first fetch is over, or the wait is. Returns true
+    /// while it still waits.
+    pub fn retry(&mut self, now_ms: u64) -> bool {
+        let Some((index, until)) = self.waiting else {
+            return false;
+        };
+        if now_ms < until && self.worker.keys.borrow().first_fetch_pending(index) {
+            return true;
+        }
+        let Some(now) = now_ns() else {
+            return true;
+        };
+        let (decision, _, peer) = self.evaluate(now);
+        self.waiting = None;
+        if self.apply(decision, &peer) == CONTINUE {
+            let _ = abi::continue_request();
+        }
+        false
+    }
+
+    /// The answer to this request's kid-miss refetch.
+    pub fn on_http_call_response(&mut self, answer: &Answer) {
+        let Some((expected, index, lease)) = self.refetch.take() else {
+            return;
+        };
+        if answer.token != expected {
+            self.refetch = Some((expected, index, lease));
+            return;
+        }
+        let Some(now) = now_ns() else {
+            jwks::abandon(&self.worker, index, lease);
+            refuse_unjudged("the host clock is unavailable");
+            return;
+        };
+        jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
+        let (decision, _, peer) = self.evaluate(now);
+        if self.apply(decision, &peer) == CONTINUE {
+            let _ = abi::continue_request();
+        }
+    }
+
+    pub fn on_response_headers(&mut self) {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            let _ = abi::set_header(MapType::Response, name, value.as_bytes());
+        }
+    }
+
+    /// The request is gone: a fetch it started will never be answered here.
+    pub fn on_delete(&mut self) {
+        if let Some((_, index, lease)) = self.refetch.take() {
+            jwks::abandon(&self.worker, index, lease);
+        }
+        if self.waiting.take().is_some() {
+            if let Ok(mut w) = self.worker.waiting.try_borrow_mut() {
+                w.retain(|id| *id != self.id);
+            }
         }
     }
 
     /// Reads the request, decides (catching up with shared keys once on a key miss).
-    fn evaluate(&self) -> (Decision, Events, Peer) {
-        let headers = self.get_http_request_headers_bytes();
+    fn evaluate(&self, now: u64) -> (Decision, Events, Peer) {
+        // Unreadable headers become none: the core then refuses the request (no `:path`: 400).
+        let headers = abi::headers(MapType::Request).unwrap_or_default();
         // A missing or non-UTF-8 `:path` (HTTP/2 allows one) becomes "", which the core refuses
         // with 400: never a default path that could match a weaker route.
         let path = headers
             .iter()
             .find(|(n, _)| n == ":path")
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
         let peer = Peer::lazy(&HostPeer);
-        let now = now_ns(self.get_current_time());
         let req = RequestView {
-            path: &path,
+            path,
             headers: &headers,
             peer: &peer,
         };
@@ -61,12 +188,11 @@ impl Filter {
             Decision::Deny(reply) => key_miss(reply.reason),
             Decision::Allow(fwd) => fwd.dry_run.as_ref().is_some_and(|r| key_miss(r.reason)),
         };
-        let now_ms = now / 1_000_000;
         if missed
             && self.worker.keys.borrow_mut().sync(
                 &self.worker.engine.config,
                 &self.worker.metrics,
-                now_ms,
+                now / 1_000_000,
             )
         {
             (decision, events) = self.decide(&req, now);
@@ -92,70 +218,91 @@ impl Filter {
         (decision, events)
     }
 
-    /// Applies a decision: forward (`Continue`) or answer locally (`Pause`).
-    fn apply(&mut self, decision: Decision, peer: &Peer) -> Action {
+    /// Applies a decision: forward (`CONTINUE`) or answer locally (`STOP`).
+    fn apply(&mut self, decision: Decision, peer: &Peer) -> u32 {
         let metrics = &self.worker.metrics;
         match decision {
             Decision::Allow(fwd) => {
                 metrics.allowed();
                 if let Some(would) = &fwd.dry_run {
                     metrics.dry_run_would_deny();
-                    log(
-                        LogLevel::Info,
-                        &self.decision_line("dry_run_would_deny", would, peer),
-                    );
+                    if log_enabled(LogLevel::Info) {
+                        log(
+                            LogLevel::Info,
+                            &decision_line("dry_run_would_deny", would, peer),
+                        );
+                    }
                 } else {
                     log(LogLevel::Debug, "meshguard: allow");
                 }
+                let map = MapType::Request;
                 for name in &fwd.remove_headers {
-                    self.set_http_request_header(name, None);
+                    let _ = abi::remove_header(map, name);
                 }
                 for (name, value) in &fwd.set_headers {
-                    self.set_http_request_header(name, Some(value));
+                    let _ = abi::set_header(map, name, value.as_bytes());
                 }
                 if let Some(path) = &fwd.set_path {
-                    self.set_http_request_header(":path", Some(path));
+                    let _ = abi::set_header(map, ":path", path.as_bytes());
                 }
                 self.response_headers = fwd.response_headers;
-                Action::Continue
+                CONTINUE
             }
             Decision::Deny(reply) => {
                 metrics.denied(reply.reason);
-                log(LogLevel::Info, &self.decision_line("deny", &reply, peer));
-                let headers: Vec<(&str, &str)> = reply
+                if log_enabled(LogLevel::Info) {
+                    log(LogLevel::Info, &decision_line("deny", &reply, peer));
+                }
+                let headers: Vec<(&str, &[u8])> = reply
                     .headers
                     .iter()
-                    .map(|(n, v)| (*n, v.as_str()))
+                    .map(|(n, v)| (*n, v.as_bytes()))
                     .collect();
-                self.send_http_response(
+                if let Err(e) = abi::send_local_response(
                     u32::from(reply.status),
-                    headers,
-                    Some(reply.body.as_bytes()),
-                );
-                Action::Pause
+                    "",
+                    &headers,
+                    reply.body.as_bytes(),
+                ) {
+                    log(
+                        LogLevel::Error,
+                        &format!("meshguard: local reply failed ({e:?}): request stays stopped"),
+                    );
+                }
+                STOP
             }
         }
     }
+}
 
-    /// One JSON line per denial or dry-run would-deny: reason, status, route, request id and
-    /// identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never the
-    /// token or other claims.
-    fn decision_line(&self, event: &str, reply: &LocalReply, peer: &Peer) -> String {
-        let caller = reply.caller.clone().unwrap_or_default();
-        serde_json::json!({
-            "meshguard": event,
-            "status": reply.status,
-            "reason": reply.reason.code(),
-            "route": reply.route,
-            "request_id": property_text(&["request", "id"]),
-            "source_address": peer.source_address(),
-            "spiffe_id": peer.spiffe().map(|id| id.uri),
-            "iss": caller.iss,
-            "sub": caller.sub,
-            "client_id": caller.client_id,
-        })
-        .to_string()
-    }
+/// Answers 503 to a request meshguard cannot judge: never a pass.
+fn refuse_unjudged(why: &str) -> u32 {
+    log(
+        LogLevel::Error,
+        &format!("meshguard: {why}: request refused"),
+    );
+    let _ = abi::send_local_response(503, "", &[], b"");
+    STOP
+}
+
+/// One JSON line per denial or dry-run would-deny: reason, status, route, request id and
+/// identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never the
+/// token or other claims.
+fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
+    let caller = reply.caller.clone().unwrap_or_default();
+    serde_json::json!({
+        "meshguard": event,
+        "status": reply.status,
+        "reason": reply.reason.code(),
+        "route": reply.route,
+        "request_id": property_text(&["request", "id"]),
+        "source_address": peer.source_address(),
+        "spiffe_id": peer.spiffe().map(|id| id.uri),
+        "iss": caller.iss,
+        "sub": caller.sub,
+        "client_id": caller.client_id,
+    })
+    .to_string()
 }
 
 fn key_miss(reason: Reason) -> bool {
@@ -165,65 +312,11 @@ fn key_miss(reason: Reason) -> bool {
     )
 }
 
-impl Context for Filter {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        let Some((expected, index, lease)) = self.refetch.take() else {
-            return;
-        };
-        if token != expected {
-            return;
-        }
-        let now = now_ms(self.get_current_time());
-        let worker = self.worker.clone();
-        jwks::finish(self, &worker, index, lease, body_size, now);
-        let (decision, _, peer) = self.evaluate();
-        if self.apply(decision, &peer) == Action::Continue {
-            self.resume_http_request();
-        }
-    }
-}
-
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let (decision, events, peer) = self.evaluate();
-        if let Some(index) = events.key_miss {
-            let now = now_ms(self.get_current_time());
-            if jwks::claim_refetch(&self.worker, index, now) {
-                let worker = self.worker.clone();
-                if let Some((token, lease)) = jwks::start(self, &worker, index, now, true) {
-                    log(
-                        LogLevel::Info,
-                        "meshguard: unknown kid: refetching the JWKS; the request waits",
-                    );
-                    self.refetch = Some((token, index, lease));
-                    return Action::Pause;
-                }
-            }
-        }
-        self.apply(decision, &peer)
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(name, Some(&value));
-        }
-        Action::Continue
-    }
-}
-
 /// The downstream connection's facts, read from Envoy's properties when the core asks.
 struct HostPeer;
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
-    proxy_wasm::hostcalls::get_property(path.to_vec())
-        .ok()
-        .flatten()
+    abi::property(path).ok().flatten()
 }
 
 fn property_text(path: &[&str]) -> Option<String> {

@@ -2,14 +2,12 @@
 //! re-parsed from Envoy shared data only when the provider's 28-byte meta version changes, and
 //! dropped once older than the provider's maximum staleness (tokens then fail closed).
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
-
 use crate::config::{Config, KeySource};
 use crate::jwks_sync::{JwksMeta, SharedKeys};
 use crate::jwt::jwks::KeySet;
 use crate::jwt::verify::KeyLookup;
 
+use super::abi::{self, LogLevel};
 use super::log;
 use super::metrics::Metrics;
 
@@ -56,6 +54,13 @@ impl WorkerKeys {
         self.remote.get(index)?.as_ref().map(|(k, _)| k)
     }
 
+    /// True when provider `index` is remote and its first fetch for the proxy is still to come:
+    /// no keys stored yet and no fetch failed yet.
+    pub fn first_fetch_pending(&self, index: usize) -> bool {
+        self.shared_keys(index)
+            .is_some_and(|k| read_meta(&k.meta).is_none_or(|m| m.version == 0 && m.failures == 0))
+    }
+
     /// True when every remote provider has keys loaded.
     pub fn all_loaded(&self) -> bool {
         self.remote
@@ -98,7 +103,7 @@ impl WorkerKeys {
                     );
                 }
             } else if meta.version != 0 && meta.version != *loaded {
-                let Ok((Some(doc), _)) = hostcalls::get_shared_data(&keys.doc) else {
+                let Ok(Some((doc, _))) = abi::shared_get(&keys.doc) else {
                     continue;
                 };
                 match KeySet::from_jwks(&doc, &p.algorithms) {
@@ -129,8 +134,8 @@ impl WorkerKeys {
 }
 
 pub fn read_meta(key: &str) -> Option<JwksMeta> {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(bytes), _)) => JwksMeta::decode(&bytes),
+    match abi::shared_get(key) {
+        Ok(Some((bytes, _))) => JwksMeta::decode(&bytes),
         _ => None,
     }
 }

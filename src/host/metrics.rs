@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
-
 use crate::config::Config;
 use crate::decision::Reason;
 use crate::engine::Events;
+use crate::jwks_sync::FetchError;
+
+use super::abi::{self, MetricType};
 
 pub struct Metrics {
     allowed: Option<u32>,
@@ -27,13 +27,15 @@ pub struct Metrics {
 pub struct ProviderMetrics {
     fetch_ok: Option<u32>,
     fetch_failed: Option<u32>,
+    /// `jwks.<provider>.fetch_error.<code>`, in `FetchError::ALL` order.
+    fetch_errors: Vec<Option<u32>>,
     keys_loaded: Option<u32>,
     keys_skipped: Option<u32>,
     age_seconds: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
-    hostcalls::define_metric(kind, name).ok()
+    abi::define_metric(kind, name).ok()
 }
 
 impl Metrics {
@@ -54,6 +56,10 @@ impl Metrics {
             .map(|p| ProviderMetrics {
                 fetch_ok: counter(&format!("jwks.{}.fetch_ok", p.name)),
                 fetch_failed: counter(&format!("jwks.{}.fetch_failed", p.name)),
+                fetch_errors: FetchError::ALL
+                    .iter()
+                    .map(|e| counter(&format!("jwks.{}.fetch_error.{}", p.name, e.code())))
+                    .collect(),
                 keys_loaded: gauge(&format!("jwks.{}.keys_loaded", p.name)),
                 keys_skipped: counter(&format!("jwks.{}.keys_skipped", p.name)),
                 age_seconds: gauge(&format!("jwks.{}.age_seconds", p.name)),
@@ -96,8 +102,17 @@ impl Metrics {
 }
 
 impl ProviderMetrics {
-    pub fn fetched(&self, ok: bool) {
-        add(if ok { self.fetch_ok } else { self.fetch_failed }, 1);
+    pub fn fetched(&self) {
+        add(self.fetch_ok, 1);
+    }
+
+    pub fn failed(&self, why: FetchError) {
+        add(self.fetch_failed, 1);
+        let at = FetchError::ALL.iter().position(|e| *e == why);
+        add(
+            at.and_then(|i| self.fetch_errors.get(i).copied()).flatten(),
+            1,
+        );
     }
 
     pub fn skipped(&self, n: usize) {
@@ -115,12 +130,12 @@ impl ProviderMetrics {
 
 fn add(id: Option<u32>, n: u32) {
     if let (Some(id), true) = (id, n > 0) {
-        let _ = hostcalls::increment_metric(id, i64::from(n));
+        let _ = abi::increment_metric(id, i64::from(n));
     }
 }
 
 fn set(id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = abi::record_metric(id, value);
     }
 }

@@ -1,75 +1,73 @@
-//! Root context (one per worker VM): parses the configuration once, owns the worker's keys, and
-//! runs the JWKS timer. Only the worker holding the shared lease fetches a provider's JWKS; the
-//! result goes to shared data, where every worker picks it up.
+//! Root context (one per plugin configuration and worker VM): parses the configuration once, owns
+//! the worker's keys, and runs the timer: JWKS fetches (only the worker holding the shared lease
+//! fetches; the result goes to shared data, where every worker picks it up) and requests waiting
+//! for a provider's first keys.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
-
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::config::{Config, KeySource};
 use crate::engine::Engine;
 use crate::jwks_sync::{JwksMeta, Lease};
 use crate::jwt::cache::TokenCache;
 
+use super::abi::{self, BufferType, LogLevel};
 use super::buckets::create_slots;
 use super::crypto::BoringSsl;
-use super::filter::Filter;
+use super::dispatch;
+use super::jwks::{self, Answer};
 use super::keys::{read_meta, WorkerKeys};
 use super::metrics::Metrics;
-use super::{jwks, log, now_ms, set_log_level};
+use super::{log, now_ms, secret, set_log_level};
 
-/// Tick while some remote provider has no keys yet, and once all have.
-const FAST_TICK: Duration = Duration::from_millis(200);
-const SLOW_TICK: Duration = Duration::from_millis(1000);
+/// Tick while requests wait for first keys, while some remote provider has no keys yet, and once
+/// all have (ms).
+const WAIT_TICK_MS: u32 = 50;
+const FAST_TICK_MS: u32 = 200;
+const SLOW_TICK_MS: u32 = 1000;
 
-/// What every HTTP context of this worker shares.
+/// At most this many requests per worker wait for first keys; more are answered at once.
+pub const MAX_WAITING: usize = 1024;
+
+/// What every HTTP context of this configuration on this worker shares.
 pub struct Worker {
     pub engine: Engine,
     pub keys: RefCell<WorkerKeys>,
     pub metrics: Metrics,
     pub cache: RefCell<TokenCache>,
     pub crypto: BoringSsl,
+    /// HTTP contexts waiting for a provider's first keys.
+    pub waiting: RefCell<Vec<u32>>,
 }
 
-#[derive(Default)]
 pub struct Root {
+    id: u32,
     worker: Option<Rc<Worker>>,
     /// In-flight JWKS fetches: call token → provider index and the lease taken for it.
     pending: HashMap<u32, (usize, Lease)>,
-    tick: Option<Duration>,
+    tick_ms: u32,
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        let Some((index, lease)) = self.pending.remove(&token) else {
-            return;
-        };
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let now = now_ms(self.get_current_time());
-        jwks::finish(self, &worker, index, lease, body_size, now);
-        self.adjust_tick();
-    }
-}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        true
+impl Root {
+    pub fn new(id: u32) -> Root {
+        Root {
+            id,
+            worker: None,
+            pending: HashMap::new(),
+            tick_ms: 0,
+        }
     }
 
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+    pub fn worker(&self) -> Option<Rc<Worker>> {
+        self.worker.clone()
+    }
+
+    pub fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = abi::buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let config = match Config::from_plugin_bytes(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -80,9 +78,17 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let Some(now) = now_ms() else {
+            log(
+                LogLevel::Critical,
+                "meshguard: the host clock is unavailable",
+            );
+            return false;
+        };
         set_log_level(config.log_level);
-        let plugin = self
-            .get_property(vec!["plugin_name"])
+        let plugin = abi::property(&["plugin_name"])
+            .ok()
+            .flatten()
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         let keys = WorkerKeys::new(&config, &plugin);
@@ -92,6 +98,7 @@ impl RootContext for Root {
             }
         }
         let metrics = Metrics::define(&plugin, &config);
+        let _secret = secret::per_proxy();
         let engine = Engine::new(config, &plugin);
         create_slots(&engine.slot_keys());
         let cache = TokenCache::new(
@@ -104,23 +111,22 @@ impl RootContext for Root {
             metrics,
             cache: RefCell::new(cache),
             crypto: BoringSsl::default(),
+            waiting: RefCell::new(Vec::new()),
         });
-        let now = now_ms(self.get_current_time());
         worker
             .keys
             .borrow_mut()
             .sync(&worker.engine.config, &worker.metrics, now);
         self.worker = Some(worker);
-        self.tick = None;
+        self.tick_ms = 0;
         self.adjust_tick();
         true
     }
 
-    fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else {
+    pub fn on_tick(&mut self) {
+        let (Some(worker), Some(now)) = (self.worker.clone(), now_ms()) else {
             return;
         };
-        let now = now_ms(self.get_current_time());
         worker
             .keys
             .borrow_mut()
@@ -137,24 +143,35 @@ impl RootContext for Root {
             if !JwksMeta::fetch_due(read_meta(&shared.meta).as_ref(), now) {
                 continue;
             }
-            if let Some((token, lease)) = jwks::start(self, &worker, i, now, false) {
+            if let Some((token, lease)) = jwks::start(&worker, i, now, false) {
                 self.pending.insert(token, (i, lease));
             }
         }
+        self.retry_waiting(&worker, now);
         self.adjust_tick();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// `None` when the call is not one of this root's.
+    pub fn on_http_call_response(&mut self, answer: &Answer) -> Option<()> {
+        let (index, lease) = self.pending.remove(&answer.token)?;
         let worker = self.worker.clone()?;
-        Some(Box::new(Filter::new(worker)))
+        let now = now_ms()?;
+        jwks::finish(&worker, index, lease, answer, now);
+        self.retry_waiting(&worker, now);
+        self.adjust_tick();
+        Some(())
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// Gives waiting requests another look.
+    fn retry_waiting(&self, worker: &Worker, now: u64) {
+        let waiting = std::mem::take(&mut *worker.waiting.borrow_mut());
+        if waiting.is_empty() {
+            return;
+        }
+        let still = dispatch::retry_waiting(self.id, waiting, now);
+        worker.waiting.borrow_mut().extend(still);
     }
-}
 
-impl Root {
     fn adjust_tick(&mut self) {
         let Some(worker) = &self.worker else { return };
         let has_remote = worker
@@ -163,16 +180,17 @@ impl Root {
             .providers
             .iter()
             .any(|p| matches!(p.keys, KeySource::Remote(_)));
-        let want = if !has_remote {
-            None
+        let want = if !worker.waiting.borrow().is_empty() {
+            WAIT_TICK_MS
+        } else if !has_remote {
+            0
         } else if worker.keys.borrow().all_loaded() {
-            Some(SLOW_TICK)
+            SLOW_TICK_MS
         } else {
-            Some(FAST_TICK)
+            FAST_TICK_MS
         };
-        if want != self.tick {
-            self.set_tick_period(want.unwrap_or(Duration::ZERO));
-            self.tick = want;
+        if want != self.tick_ms && abi::set_tick_period_ms(want).is_ok() {
+            self.tick_ms = want;
         }
     }
 }

@@ -1,0 +1,238 @@
+//! The proxy-wasm ABI 0.2.1 entry points Envoy calls, and the table of live contexts.
+//!
+//! Only what meshguard handles is exported: the host treats a missing `proxy_on_*` as "continue",
+//! so body chunks and trailers of a request meshguard is not holding never enter the VM.
+//!
+//! A context is taken out of the table while its callback runs and put back after, so a host call
+//! that re-enters the VM (a local reply runs the response path at once) finds no context and gets
+//! the neutral answer instead of a double borrow. Nothing here panics: an unknown context id is
+//! answered like the SDK's defaults would, except a request whose filter context could not be made,
+//! which is refused (fail closed).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::abi::{self, LogLevel};
+use super::filter::Filter;
+use super::root::Root;
+
+/// `FilterHeadersStatus` / `FilterDataStatus` / `FilterTrailersStatus` values.
+pub const CONTINUE: u32 = 0;
+/// Headers: `StopIteration`; trailers: `StopIteration`; data: `StopIterationAndBuffer`.
+pub const STOP: u32 = 1;
+
+#[derive(Default)]
+struct Contexts {
+    roots: HashMap<u32, Root>,
+    filters: HashMap<u32, Filter>,
+    /// Contexts taken out for a callback right now (re-entry makes this at most a few).
+    busy: Vec<u32>,
+    /// Busy contexts the host deleted meanwhile: not put back.
+    deleted: Vec<u32>,
+    /// HTTP calls started by HTTP contexts: call token → context. The host delivers every answer
+    /// to the root context; this routes it to the request that waits for it.
+    callouts: HashMap<u32, u32>,
+}
+
+impl Contexts {
+    /// Ends a callback on `id`: true when the context is to be put back.
+    fn release(&mut self, id: u32) -> bool {
+        if let Some(i) = self.busy.iter().position(|b| *b == id) {
+            self.busy.swap_remove(i);
+        }
+        match self.deleted.iter().position(|d| *d == id) {
+            Some(i) => {
+                self.deleted.swap_remove(i);
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
+}
+
+fn with_table<R>(f: impl FnOnce(&mut Contexts) -> R) -> Option<R> {
+    CONTEXTS.with(|c| c.try_borrow_mut().ok().map(|mut c| f(&mut c)))
+}
+
+/// Runs `f` on root context `id`, taken out of the table meanwhile; `None` if there is none.
+fn with_root<R>(id: u32, f: impl FnOnce(&mut Root) -> R) -> Option<R> {
+    let mut root = with_table(|t| {
+        let root = t.roots.remove(&id)?;
+        t.busy.push(id);
+        Some(root)
+    })
+    .flatten()?;
+    let result = f(&mut root);
+    with_table(|t| {
+        if t.release(id) {
+            t.roots.insert(id, root);
+        }
+    });
+    Some(result)
+}
+
+/// Runs `f` on HTTP context `id`, taken out of the table meanwhile; `None` if there is none.
+fn with_filter<R>(id: u32, f: impl FnOnce(&mut Filter) -> R) -> Option<R> {
+    let mut filter = with_table(|t| {
+        let filter = t.filters.remove(&id)?;
+        t.busy.push(id);
+        Some(filter)
+    })
+    .flatten()?;
+    let result = f(&mut filter);
+    let keep = with_table(|t| t.release(id)).unwrap_or(false);
+    if keep {
+        with_table(|t| t.filters.insert(id, filter));
+    } else {
+        filter.on_delete();
+    }
+    Some(result)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// Memory for data the host hands over (headers, bodies, shared data…): a boxed slice of exactly
+/// `size` bytes, taken back by `abi::take`.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let slice: Box<[std::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    Box::into_raw(slice).cast::<u8>()
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
+    with_table(|t| {
+        if parent == 0 {
+            t.roots.insert(id, Root::new(id));
+        } else if let Some(worker) = t.roots.get(&parent).and_then(Root::worker) {
+            t.filters.insert(id, Filter::new(worker, id));
+        }
+        // Otherwise no context: the request is refused in `proxy_on_request_headers`.
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root: u32, _size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
+    u32::from(with_root(root, |r| r.on_configure(size)).unwrap_or(false))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root: u32) {
+    with_root(root, Root::on_tick);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end: u32) -> u32 {
+    match with_filter(id, Filter::on_request_headers) {
+        Some(status) => status,
+        None => {
+            // A request meshguard cannot judge is refused, never passed.
+            super::log(
+                LogLevel::Error,
+                "meshguard: no configured filter context for this request: refused",
+            );
+            let _ = abi::send_local_response(503, "meshguard_unavailable", &[], b"");
+            STOP
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(id: u32, _size: usize, _end: u32) -> u32 {
+    with_filter(id, |f| f.holding()).map_or(CONTINUE, hold)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(id: u32, _trailers: usize) -> u32 {
+    with_filter(id, |f| f.holding()).map_or(CONTINUE, hold)
+}
+
+/// While a request waits for keys, its body and trailers wait too: a `Continue` there would let
+/// Envoy forward the request before it is judged.
+fn hold(holding: bool) -> u32 {
+    if holding {
+        STOP
+    } else {
+        CONTINUE
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, _end: u32) -> u32 {
+    with_filter(id, Filter::on_response_headers);
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    id: u32,
+    token: u32,
+    headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    let answer = super::jwks::Answer {
+        token,
+        headers,
+        body_size,
+    };
+    match with_table(|t| t.callouts.remove(&token)).flatten() {
+        Some(filter) => {
+            if abi::set_effective_context(filter).is_ok() {
+                with_filter(filter, |f| f.on_http_call_response(&answer));
+            }
+        }
+        None => {
+            with_root(id, |r| r.on_http_call_response(&answer));
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(id: u32) {
+    let gone = with_table(|t| {
+        if t.busy.contains(&id) {
+            // Taken out for a callback right now: not put back when it returns.
+            t.deleted.push(id);
+        }
+        t.roots.remove(&id);
+        t.callouts.retain(|_, c| *c != id);
+        t.filters.remove(&id)
+    })
+    .flatten();
+    if let Some(mut filter) = gone {
+        filter.on_delete();
+    }
+}
+
+/// Called by root context `root` (from its timer or a fetch answer): gives each waiting request
+/// another look, acting on that request's stream, then makes the root current again. Returns the
+/// requests still waiting.
+pub fn retry_waiting(root: u32, waiting: Vec<u32>, now_ms: u64) -> Vec<u32> {
+    let mut still = Vec::new();
+    for id in waiting {
+        if abi::set_effective_context(id).is_err() {
+            continue; // the request is gone
+        }
+        if with_filter(id, |f| f.retry(now_ms)) == Some(true) {
+            still.push(id);
+        }
+    }
+    let _ = abi::set_effective_context(root);
+    still
+}
+
+/// Routes the answer to HTTP call `token` to HTTP context `context` (see `Contexts::callouts`).
+pub fn expect_answer(token: u32, context: u32) {
+    with_table(|t| t.callouts.insert(token, context));
+}
