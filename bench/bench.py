@@ -2,8 +2,9 @@
 
 Setups, on the same Envoy binary and a direct-response route, 2 workers each:
   bare      no auth filters
-  native    jwt_authn (remote JWKS, jwt_cache_config on) + rbac on the scope claim
-            + local_ratelimit (limit high enough not to trigger)
+  native    jwt_authn (remote JWKS, jwt_cache_config on, claim_to_headers sub) + rbac on the
+            scope claim + local_ratelimit per identity (a wildcard descriptor on the verified sub,
+            max_dynamic_descriptors 10000; limits high enough not to trigger)
   wasm-floor an empty proxy-wasm filter (bench/floor: every callback returns Continue), same
             SDK and runtime: what any proxy-wasm filter costs before it does any work
   meshguard the same policy: remote JWKS, scope "read" required, a per-identity limit that does
@@ -131,6 +132,7 @@ def bootstrap(setup: str, jwks_port: int) -> str:
                     cache_duration: 600s
                   payload_in_metadata: jwt_payload
                   jwt_cache_config: {{jwt_cache_size: 1000}}
+                  claim_to_headers: [{{header_name: x-jwt-sub, claim_name: sub}}]
               rules:
               - match: {{prefix: /}}
                 requires: {{provider_name: idp}}
@@ -153,7 +155,16 @@ def bootstrap(setup: str, jwks_port: int) -> str:
               stat_prefix: rl
               token_bucket: {{max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s}}
               filter_enabled: {{runtime_key: rl_on, default_value: {{numerator: 100, denominator: HUNDRED}}}}
-              filter_enforced: {{runtime_key: rl_enf, default_value: {{numerator: 100, denominator: HUNDRED}}}}"""
+              filter_enforced: {{runtime_key: rl_enf, default_value: {{numerator: 100, denominator: HUNDRED}}}}
+              # Per identity, as meshguard: the verified `sub` (copied to a header by jwt_authn,
+              # which replaces any client-sent copy) keys a wildcard descriptor: one bucket per
+              # value, in an LRU of max_dynamic_descriptors.
+              rate_limits:
+              - actions: [{{request_headers: {{header_name: x-jwt-sub, descriptor_key: sub}}}}]
+              descriptors:
+              - entries: [{{key: sub}}]
+                token_bucket: {{max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s}}
+              max_dynamic_descriptors: 10000"""
     plugin = json.dumps({
         "logLevel": "warn",
         "providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
