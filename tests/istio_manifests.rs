@@ -40,6 +40,7 @@ fn allowed(kind: &str, path: &str) -> Option<&'static [&'static str]> {
             "type",
             "failStrategy",
         ],
+        ("WasmPlugin", "spec.match") => &["mode", "ports"],
         ("PeerAuthentication", "spec") => &["selector", "mtls", "portLevelMtls"],
         ("PeerAuthentication", "spec.mtls") => &["mode"],
         ("ServiceEntry", "spec") => &[
@@ -112,6 +113,84 @@ fn check_fields(kind: &str, path: &str, v: &Value, errors: &mut Vec<String>) {
     }
 }
 
+/// `FailStrategy` in istio/api `extensions/v1alpha1/wasm.proto`; `FAIL_RELOAD` since Istio 1.27.
+const FAIL_STRATEGIES: [&str; 3] = ["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"];
+
+/// `WorkloadMode` in istio/api `type/v1beta1/selector.proto`.
+const WORKLOAD_MODES: [&str; 4] = ["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"];
+
+/// What is wrong with how a WasmPlugin is attached: it must apply to inbound traffic only
+/// (without `match`, Istio also puts it on outbound listeners, where `defaultAction: deny` would
+/// refuse every call the workload makes) and replace a crashed VM rather than bypass it.
+fn wasm_plugin_attachment_errors(spec: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    match spec["match"].as_array() {
+        Some(selectors) if !selectors.is_empty() => {
+            for (i, s) in selectors.iter().enumerate() {
+                let mode = s["mode"].as_str().unwrap_or("(none: CLIENT_AND_SERVER)");
+                if !WORKLOAD_MODES.contains(&mode) && s.get("mode").is_some() {
+                    errors.push(format!("match[{i}].mode: unknown mode {mode}"));
+                } else if mode != "SERVER" {
+                    errors.push(format!("match[{i}].mode is {mode}, not SERVER"));
+                }
+            }
+        }
+        _ => errors.push("no match: applied to outbound traffic too".to_string()),
+    }
+    match spec["failStrategy"].as_str() {
+        Some("FAIL_RELOAD") => {}
+        Some(s) if FAIL_STRATEGIES.contains(&s) => {
+            errors.push(format!("failStrategy is {s}, not FAIL_RELOAD"));
+        }
+        other => errors.push(format!("failStrategy: not a FailStrategy: {other:?}")),
+    }
+    errors
+}
+
+#[test]
+fn a_wasm_plugin_on_outbound_traffic_or_without_reload_would_be_caught() {
+    let text = fs::read_to_string(repo().join("istio/wasmplugin.yaml")).unwrap();
+    let shipped: Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(
+        wasm_plugin_attachment_errors(&shipped["spec"]),
+        Vec::<String>::new()
+    );
+    let mutations: [(&str, &str, &str); 6] = [
+        ("/match", "", "no match"),
+        ("/match", "[]", "no match"),
+        ("/match/0/mode", "\"CLIENT_AND_SERVER\"", "not SERVER"),
+        (
+            "/match/0",
+            "{\"ports\": [{\"number\": 8080}]}",
+            "not SERVER",
+        ),
+        ("/failStrategy", "\"FAIL_OPEN\"", "not FAIL_RELOAD"),
+        ("/failStrategy", "\"FAIL_RESTART\"", "not a FailStrategy"),
+    ];
+    for (pointer, value, want) in mutations {
+        let mut spec = shipped["spec"].clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let target = spec.pointer_mut(parent).unwrap();
+        if value.is_empty() {
+            target.as_object_mut().unwrap().remove(key);
+        } else {
+            let v: Value = serde_json::from_str(value).unwrap();
+            match target {
+                Value::Array(a) => a[key.parse::<usize>().unwrap()] = v,
+                Value::Object(o) => {
+                    o.insert(key.to_string(), v);
+                }
+                _ => unreachable!(),
+            }
+        }
+        let errors = wasm_plugin_attachment_errors(&spec);
+        assert!(
+            errors.len() == 1 && errors[0].contains(want),
+            "{pointer} = {value}: {errors:?}"
+        );
+    }
+}
+
 #[test]
 fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
     let files = Shipped::all_under("istio");
@@ -141,7 +220,8 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
             match kind.as_str() {
                 "WasmPlugin" => {
                     assert_eq!(v["spec"]["phase"], "AUTHN");
-                    assert_eq!(v["spec"]["failStrategy"], "FAIL_CLOSE");
+                    let attachment = wasm_plugin_attachment_errors(&v["spec"]);
+                    assert!(attachment.is_empty(), "{file}: {attachment:#?}");
                     assert!(v["spec"]["url"].as_str().unwrap().starts_with("oci://"));
                     assert_eq!(v["spec"]["sha256"].as_str().unwrap().len(), 64);
                     let config = meshguard::config::Config::from_json(

@@ -29,6 +29,104 @@ fn has_wasm_filter(shipped: &Shipped) -> bool {
         .contains("envoy.extensions.filters.http.wasm.v3.Wasm")
 }
 
+/// Every Wasm filter's `PluginConfig` in an Envoy YAML, with the path where it was found.
+fn wasm_plugin_configs<'a>(v: &'a Y, path: &str, out: &mut Vec<(String, &'a Y)>) {
+    match v {
+        Y::Mapping(m) => {
+            if m.get("@type").and_then(Y::as_str)
+                == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+            {
+                out.push((path.to_string(), &v["config"]));
+            }
+            for (k, child) in m {
+                let key = k.as_str().unwrap_or("?");
+                wasm_plugin_configs(child, &format!("{path}.{key}"), out);
+            }
+        }
+        Y::Sequence(s) => {
+            for (i, child) in s.iter().enumerate() {
+                wasm_plugin_configs(child, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What is wrong with the Wasm filters' failure handling in an Envoy YAML: each must reload a
+/// crashed VM (`failure_policy: FAIL_RELOAD`, with a reload backoff) and none may use the
+/// deprecated `fail_open` (whose `true` lets every request through a dead VM).
+fn failure_policy_errors(yaml: &Y) -> Vec<String> {
+    let mut configs = Vec::new();
+    wasm_plugin_configs(yaml, "", &mut configs);
+    let mut errors = Vec::new();
+    for (path, config) in configs {
+        if config.get("fail_open").is_some() {
+            errors.push(format!("{path}: uses the deprecated fail_open"));
+        }
+        if config["failure_policy"].as_str() != Some("FAIL_RELOAD") {
+            errors.push(format!(
+                "{path}: failure_policy is {:?}, not FAIL_RELOAD",
+                config["failure_policy"]
+            ));
+        }
+        if config["reload_config"]["backoff"]["base_interval"]
+            .as_str()
+            .is_none()
+        {
+            errors.push(format!("{path}: no reload_config.backoff.base_interval"));
+        }
+    }
+    errors
+}
+
+#[test]
+fn every_shipped_wasm_filter_reloads_a_crashed_vm_and_never_fails_open() {
+    let mut filters = 0;
+    for file in Shipped::all_under("envoy") {
+        let shipped = Shipped::load(&file);
+        let mut configs = Vec::new();
+        wasm_plugin_configs(&shipped.yaml, "", &mut configs);
+        filters += configs.len();
+        let errors = failure_policy_errors(&shipped.yaml);
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+    assert!(filters >= 3, "standalone, saas-api and the server sidecar");
+}
+
+#[test]
+fn a_fail_open_or_fail_closed_wasm_filter_would_be_caught() {
+    // The check above must be able to fail: the standalone example, mutated.
+    let text = fs::read_to_string(repo().join("envoy/examples/standalone/envoy.yaml")).unwrap();
+    assert!(failure_policy_errors(&serde_yaml_ng::from_str(&text).unwrap()).is_empty());
+    for (from, to, want) in [
+        (
+            "failure_policy: FAIL_RELOAD",
+            "failure_policy: FAIL_CLOSED",
+            "not FAIL_RELOAD",
+        ),
+        (
+            "failure_policy: FAIL_RELOAD",
+            "fail_open: false",
+            "deprecated fail_open",
+        ),
+        (
+            "failure_policy: FAIL_RELOAD",
+            "failure_policy: FAIL_RELOAD\n                fail_open: true",
+            "deprecated fail_open",
+        ),
+        (
+            "reload_config:",
+            "unused_reload_config:",
+            "no reload_config",
+        ),
+    ] {
+        assert!(text.contains(from));
+        let mutated: Y = serde_yaml_ng::from_str(&text.replacen(from, to, 1)).unwrap();
+        let errors = failure_policy_errors(&mutated);
+        assert!(errors.iter().any(|e| e.contains(want)), "{to}: {errors:?}");
+    }
+}
+
 #[test]
 fn shipped_envoy_configs_validate_and_their_plugin_configs_parse() {
     let files = Shipped::all_under("envoy");
