@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use jsonwebtoken::Algorithm as A;
 use serde_json::json;
@@ -85,12 +87,18 @@ fn run(
             c.get("/", &[("authorization", &format!("Bearer {t}"))])
                 .status
         })
-        .collect();
+        .collect::<Vec<u16>>();
     let log = envoy.log_text();
     assert!(
         !log.contains("host crypto unavailable"),
         "Envoy 1.40 offers verify_signature"
     );
+    // The hot counters reach Envoy's stats on the worker's timer: wait until every allowed
+    // request is counted, so the cache counters are flushed too.
+    let allowed = statuses.iter().filter(|s: &&u16| **s == 200).count() as u64;
+    eventually("batched counters flushed", Duration::from_secs(5), || {
+        envoy.meshguard_stat("allowed") == allowed
+    });
     let stats = envoy.stats();
     let hits: u64 = stats
         .lines()

@@ -225,8 +225,17 @@ fn prometheus_metrics_and_json_denial_logs_after_a_known_sequence() {
         401
     );
 
-    let (status, prom) = http_get(s.envoy.admin, "/stats/prometheus").unwrap();
-    assert_eq!(status, 200);
+    // `allowed` reaches Envoy's stats on the worker's timer (batched): read once it has.
+    let scrape = || {
+        let (status, prom) = http_get(s.envoy.admin, "/stats/prometheus").unwrap();
+        assert_eq!(status, 200);
+        prom
+    };
+    eventually("batched counters flushed", Duration::from_secs(5), || {
+        scrape().contains("meshguard_meshguard_allowed{} 3")
+            || scrape().contains("meshguard_meshguard_allowed 3")
+    });
+    let prom = scrape();
     let value = |name: &str| -> u64 {
         prom.lines()
             .filter(|l| !l.starts_with('#'))

@@ -25,6 +25,7 @@ use super::{log, now_ms, secret, set_log_level};
 /// all have (ms).
 const WAIT_TICK_MS: u32 = 50;
 const FAST_TICK_MS: u32 = 200;
+/// Also what flushes the batched counters.
 const SLOW_TICK_MS: u32 = 1000;
 
 /// At most this many requests per worker wait for first keys; more are answered at once.
@@ -127,6 +128,7 @@ impl Root {
         let (Some(worker), Some(now)) = (self.worker.clone(), now_ms()) else {
             return;
         };
+        worker.metrics.flush();
         worker
             .keys
             .borrow_mut()
@@ -182,9 +184,7 @@ impl Root {
             .any(|p| matches!(p.keys, KeySource::Remote(_)));
         let want = if !worker.waiting.borrow().is_empty() {
             WAIT_TICK_MS
-        } else if !has_remote {
-            0
-        } else if worker.keys.borrow().all_loaded() {
+        } else if !has_remote || worker.keys.borrow().all_loaded() {
             SLOW_TICK_MS
         } else {
             FAST_TICK_MS
