@@ -12,6 +12,7 @@ mod routes;
 
 use crate::identity::PeerField;
 use crate::jwt::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
+use crate::jwt::json::Strict;
 use crate::jwt::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
 use crate::jwt::Algorithm;
 use crate::policy::Policy;
@@ -51,6 +52,76 @@ pub const DEFAULT_JWKS_MAX_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_JWKS_MAX_STALENESS_SECONDS: u64 = 86_400;
 pub const DEFAULT_KID_MISS_REFETCH_SECONDS: u64 = 30;
 pub const DEFAULT_ROLES_CLAIM: &str = "roles";
+
+/// Longest `realm`: it is echoed in every `WWW-Authenticate` challenge.
+pub const MAX_REALM_BYTES: usize = 256;
+/// Longest `jwksUri`.
+pub const MAX_URI_BYTES: usize = 2048;
+/// Longest string of any field not listed in [`string_bound`], and of any object key.
+pub const MAX_STRING_BYTES: usize = 256;
+
+/// The most bytes a string in the member `field` may hold (the configuration reference lists
+/// them). Checked over the whole configuration before anything else, so no field, present or
+/// future, takes an unbounded string and no error message echoes one. Inline `jwks` documents
+/// are bounded by their own size limit instead.
+pub fn string_bound(field: &str) -> usize {
+    match field {
+        "realm" => MAX_REALM_BYTES,
+        "jwksUri" | "principals" => MAX_URI_BYTES,
+        "issuer" | "issuers" | "audiences" | "paths" | "pathPrefixes" | "values" => 1024,
+        "hosts" => 255,
+        "namespaces" => 253,
+        "prefix" => 64,
+        "methods" => 32,
+        _ => MAX_STRING_BYTES,
+    }
+}
+
+/// Applies [`string_bound`] to every string and [`MAX_STRING_BYTES`] to every object key.
+fn check_string_bounds(value: &serde_json::Value) -> Result<(), ConfigError> {
+    use serde_json::Value;
+    fn walk(v: &Value, path: &str, field: &str, in_provider: bool) -> Result<(), ConfigError> {
+        match v {
+            Value::String(s) => {
+                let max = string_bound(field);
+                if s.len() > max {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("must be at most {max} bytes"),
+                    ));
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let here = format!("{path}[{i}]");
+                    walk(item, &here, field, path == "providers")?;
+                }
+            }
+            Value::Object(members) => {
+                for (k, item) in members {
+                    let here = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if k.len() > MAX_STRING_BYTES {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("a key longer than {MAX_STRING_BYTES} bytes"),
+                        ));
+                    }
+                    if in_provider && k == "jwks" {
+                        continue; // bounded by MAX_JWKS_BYTES when parsed
+                    }
+                    walk(item, &here, k, false)?;
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+        Ok(())
+    }
+    walk(value, "", "", false)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Raw, as written by the user.
@@ -300,15 +371,25 @@ impl Config {
         if first.is_none_or(|b| *b == b'{' || *b == b'[' || *b == b'"') {
             return Config::from_json(bytes);
         }
-        let value = protobuf_struct_to_json(bytes).ok_or_else(|| {
-            ConfigError::new("config", "neither JSON nor a google.protobuf.Struct")
-        })?;
-        Config::from_value(value)
+        Config::from_value(protobuf_struct_to_json(bytes)?)
     }
 
-    /// Parses and validates a plugin configuration given as JSON bytes.
+    /// Parses and validates a plugin configuration given as JSON bytes. A member given twice in
+    /// any object is refused, naming its path (`providers[0].issuer: duplicate field`).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = serde_path_to_error::deserialize::<_, Strict>(&mut de)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." {
+                    "config".to_string()
+                } else {
+                    path
+                };
+                ConfigError::new(path, strip_position(&e.inner().to_string()))
+            })?
+            .0;
+        de.end()
             .map_err(|e| ConfigError::new("config", strip_position(&e.to_string())))?;
         Config::from_value(value)
     }
@@ -317,6 +398,7 @@ impl Config {
         if !value.is_object() {
             return Err(ConfigError::new("config", "must be a JSON object"));
         }
+        check_string_bounds(&value)?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             ConfigError::new(e.path().to_string(), strip_position(&e.inner().to_string()))
         })?;
@@ -325,35 +407,145 @@ impl Config {
 }
 
 /// Decodes a serialized `google.protobuf.Struct` into the JSON value it stands for. Integral
-/// numbers become JSON integers (a Struct only has doubles) so that counts and sizes parse.
-fn protobuf_struct_to_json(bytes: &[u8]) -> Option<serde_json::Value> {
-    use prost::Message;
-    use prost_types::value::Kind;
+/// numbers become JSON integers (a Struct only has doubles) so that counts and sizes parse. A key
+/// given twice in one Struct is refused like a duplicate JSON member (protobuf's map decoding
+/// would keep the last), so the wire is walked here rather than through `prost_types::Struct`.
+fn protobuf_struct_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
+    pb::object(bytes, "", 0)
+}
 
-    fn value(v: prost_types::Value) -> serde_json::Value {
-        match v.kind {
-            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-            Some(Kind::BoolValue(b)) => b.into(),
-            Some(Kind::StringValue(s)) => s.into(),
-            Some(Kind::NumberValue(n)) => {
-                if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                    (n as i64).into()
-                } else {
-                    serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, Into::into)
+/// The wire format of `google.protobuf.{Struct, Value, ListValue}` (struct.proto).
+mod pb {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    use serde_json::{Map, Value};
+
+    use super::ConfigError;
+    use crate::jwt::json::DUPLICATE;
+
+    /// Deeper nesting is refused (prost's own limit is 100).
+    const MAX_DEPTH: usize = 64;
+
+    fn bad() -> ConfigError {
+        ConfigError::new("config", "neither JSON nor a google.protobuf.Struct")
+    }
+
+    fn key(buf: &mut &[u8]) -> Result<(u32, WireType), ConfigError> {
+        decode_key(buf).map_err(|_| bad())
+    }
+
+    /// The bytes of a length-delimited field.
+    fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ConfigError> {
+        let len = usize::try_from(decode_varint(buf).map_err(|_| bad())?).map_err(|_| bad())?;
+        let body = buf.get(..len).ok_or_else(bad)?;
+        *buf = buf.get(len..).ok_or_else(bad)?;
+        Ok(body)
+    }
+
+    fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Result<(), ConfigError> {
+        skip_field(wire, tag, buf, DecodeContext::default()).map_err(|_| bad())
+    }
+
+    /// `Struct { map<string, Value> fields = 1; }`: a map is a repeated entry `{key = 1; value = 2}`.
+    pub(super) fn object(mut buf: &[u8], path: &str, depth: usize) -> Result<Value, ConfigError> {
+        if depth > MAX_DEPTH {
+            return Err(ConfigError::new(path, "nested too deeply"));
+        }
+        let mut out = Map::new();
+        while !buf.is_empty() {
+            let (tag, wire) = key(&mut buf)?;
+            if tag != 1 || wire != WireType::LengthDelimited {
+                skip(wire, tag, &mut buf)?;
+                continue;
+            }
+            let mut entry = delimited(&mut buf)?;
+            let (mut name, mut value) = (String::new(), None);
+            while !entry.is_empty() {
+                match key(&mut entry)? {
+                    (1, WireType::LengthDelimited) => {
+                        name = String::from_utf8(delimited(&mut entry)?.to_vec())
+                            .map_err(|_| bad())?;
+                    }
+                    (2, WireType::LengthDelimited) => value = Some(delimited(&mut entry)?),
+                    (tag, wire) => skip(wire, tag, &mut entry)?,
                 }
             }
-            Some(Kind::StructValue(s)) => object(s),
-            Some(Kind::ListValue(l)) => l.values.into_iter().map(value).collect(),
+            let here = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            if out.contains_key(&name) {
+                return Err(ConfigError::new(here, DUPLICATE));
+            }
+            let v = match value {
+                Some(v) => self::value(v, &here, depth + 1)?,
+                None => Value::Null,
+            };
+            out.insert(name, v);
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// `Value { oneof kind { null_value = 1; number_value = 2; string_value = 3; bool_value = 4;
+    /// struct_value = 5; list_value = 6; } }`: the last kind on the wire wins, as in protobuf.
+    fn value(mut buf: &[u8], path: &str, depth: usize) -> Result<Value, ConfigError> {
+        let mut out = Value::Null;
+        while !buf.is_empty() {
+            out = match key(&mut buf)? {
+                (1, WireType::Varint) => {
+                    decode_varint(&mut buf).map_err(|_| bad())?;
+                    Value::Null
+                }
+                (2, WireType::SixtyFourBit) => {
+                    let bytes: [u8; 8] = buf
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(bad)?;
+                    buf = buf.get(8..).ok_or_else(bad)?;
+                    number(f64::from_le_bytes(bytes))
+                }
+                (3, WireType::LengthDelimited) => Value::String(
+                    String::from_utf8(delimited(&mut buf)?.to_vec()).map_err(|_| bad())?,
+                ),
+                (4, WireType::Varint) => {
+                    Value::Bool(decode_varint(&mut buf).map_err(|_| bad())? != 0)
+                }
+                (5, WireType::LengthDelimited) => object(delimited(&mut buf)?, path, depth)?,
+                (6, WireType::LengthDelimited) => list(delimited(&mut buf)?, path, depth)?,
+                (tag, wire) => {
+                    skip(wire, tag, &mut buf)?;
+                    continue;
+                }
+            };
+        }
+        Ok(out)
+    }
+
+    /// `ListValue { repeated Value values = 1; }`.
+    fn list(mut buf: &[u8], path: &str, depth: usize) -> Result<Value, ConfigError> {
+        if depth > MAX_DEPTH {
+            return Err(ConfigError::new(path, "nested too deeply"));
+        }
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            match key(&mut buf)? {
+                (1, WireType::LengthDelimited) => {
+                    let here = format!("{path}[{}]", out.len());
+                    out.push(value(delimited(&mut buf)?, &here, depth + 1)?);
+                }
+                (tag, wire) => skip(wire, tag, &mut buf)?,
+            }
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn number(n: f64) -> Value {
+        if n.fract() == 0.0 && n.abs() < 9.0e15 {
+            (n as i64).into()
+        } else {
+            serde_json::Number::from_f64(n).map_or(Value::Null, Into::into)
         }
     }
-    fn object(s: prost_types::Struct) -> serde_json::Value {
-        s.fields
-            .into_iter()
-            .map(|(k, v)| (k, value(v)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    }
-    prost_types::Struct::decode(bytes).ok().map(object)
 }
 
 /// serde_json appends " at line L column C"; the field path already says where.
@@ -369,10 +561,12 @@ impl TryFrom<RawConfig> for Config {
 
     fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
-        if realm.is_empty() || !is_quoted_string_safe(&realm) {
+        if realm.is_empty() || realm.len() > MAX_REALM_BYTES || !is_quoted_string_safe(&realm) {
             return Err(ConfigError::new(
                 "realm",
-                "must be non-empty printable ASCII without '\"' or '\\'",
+                format!(
+                    "must be 1-{MAX_REALM_BYTES} bytes of printable ASCII without '\"' or '\\'"
+                ),
             ));
         }
         if raw.providers.is_empty() {
@@ -679,12 +873,14 @@ fn provider(
                     "required with jwksUri: the Envoy cluster that reaches the JWKS host",
                 )
             })?;
-            if cluster.is_empty() {
-                return Err(ConfigError::new(at("jwksCluster"), "must not be empty"));
+            if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
+                    at("jwksCluster"),
+                    "must be a non-empty Envoy cluster name (printable ASCII, no spaces)",
+                ));
             }
-            let (authority, path) = split_uri(&uri).ok_or_else(|| {
-                ConfigError::new(at("jwksUri"), "must be an absolute http(s) URI")
-            })?;
+            let (authority, path) =
+                split_uri(&uri).map_err(|m| ConfigError::new(at("jwksUri"), m))?;
             let timeout_ms = rp.jwks_timeout_ms.unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
             if timeout_ms == 0 || timeout_ms > MAX_JWKS_TIMEOUT_MS {
                 return Err(ConfigError::new(
@@ -874,22 +1070,77 @@ fn is_quoted_string_safe(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// `https://host:port/path?q` → (`host:port`, `/path?q`).
-fn split_uri(uri: &str) -> Option<(String, String)> {
+/// `https://host:port/path?q` → (`host:port`, `/path?q`), or why the URI is refused. The scheme
+/// is `http` or `https`; the host a DNS name, an IPv4 address or a bracketed, well-formed IPv6
+/// address; the port, when given, 1–65535; no userinfo and no fragment. The authority is kept as
+/// written (it becomes the fetch's `:authority`); a missing path is `/`.
+fn split_uri(uri: &str) -> Result<(String, String), &'static str> {
+    const ABSOLUTE: &str = "must be an absolute http:// or https:// URI";
     let rest = uri
         .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+        .or_else(|| uri.strip_prefix("http://"))
+        .ok_or(ABSOLUTE)?;
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces");
+    }
+    if uri.contains('#') {
+        return Err("must not have a fragment (#)");
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err("must not carry userinfo (user@host)");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or("an IPv6 address must be in brackets and well-formed: [::1]")?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("an IPv6 address must be in brackets and well-formed: [::1]");
+        }
+        match after {
+            "" => (addr, None),
+            p => (
+                addr,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or("must be host[:port] after the scheme")?,
+                ),
+            ),
+        }
+    } else if authority.matches(':').count() > 1 {
+        return Err("an IPv6 address must be in brackets and well-formed: [::1]");
+    } else {
+        match authority.split_once(':') {
+            None => (authority, None),
+            Some((h, p)) => (h, Some(p)),
+        }
     };
-    if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic() && b != b'@') {
-        return None;
+    if host.is_empty() {
+        return Err("must name a host");
     }
-    if !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return None;
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("the host must be a DNS name, an IPv4 address or a bracketed IPv6 address");
     }
-    Some((authority.to_string(), path.to_string()))
+    if let Some(p) = port {
+        let valid = !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65_535).contains(&n));
+        if !valid {
+            return Err("the port must be between 1 and 65535");
+        }
+    }
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    Ok((authority.to_string(), path))
 }
 
 #[cfg(test)]

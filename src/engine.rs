@@ -549,10 +549,21 @@ fn is_exempt(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> bool {
             .is_some_and(|id| rl.exempt_principals.iter().any(|p| p.matches(&id.uri)))
 }
 
-/// RateLimit-Policy / RateLimit (draft-ietf-httpapi-ratelimit-headers, structured fields), the
-/// legacy X-RateLimit-* trio, and Retry-After (whole seconds, at least 1) when refused.
+/// The rate-limit answer headers (draft-ietf-httpapi-ratelimit-headers, "RateLimit Field" and
+/// its "Reset Parameter", and "Server Behavior": when a response carries both `Retry-After` and
+/// `RateLimit`, the reset value SHOULD name the same point in time as `Retry-After`).
+///
+/// - Allowed: `t` (and `X-RateLimit-Reset`) is the whole seconds until the quota is fully
+///   restored, as the draft's "Reset Parameter" defines it.
+/// - Refused: `t`, `Retry-After` and `X-RateLimit-Reset` are one number: the whole seconds
+///   (rounded up, at least 1) until a request of the refused request's cost is admitted.
 pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static str, String)> {
     let secs = |ns: u64| ns.div_ceil(1_000_000_000);
+    let reset = if refused {
+        secs(v.retry_after_ns).max(1)
+    } else {
+        secs(v.reset_ns)
+    };
     let mut h = vec![
         (
             "ratelimit-policy",
@@ -565,22 +576,20 @@ pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static
         ),
         (
             "ratelimit",
-            format!(
-                "\"{}\";r={};t={}",
-                limit.name,
-                v.remaining,
-                secs(v.reset_ns)
-            ),
+            format!("\"{}\";r={};t={reset}", limit.name, v.remaining),
         ),
         ("x-ratelimit-limit", limit.requests.to_string()),
         ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", secs(v.reset_ns).to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
     ];
     if refused {
-        h.push(("retry-after", secs(v.retry_after_ns).max(1).to_string()));
+        h.push(("retry-after", reset.to_string()));
     }
     h
 }
+
+#[cfg(test)]
+mod limit_headers_tests;
 
 /// Istio's `request.auth.principal`: `<iss>/<sub>`.
 fn principal(claims: &Claims) -> Option<String> {

@@ -147,10 +147,14 @@ fn seed_003_limits_through_envoy() {
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("180"));
     assert_eq!(r.header("ratelimit-policy"), Some("\"login\";q=5;w=900"));
-    assert_eq!(r.header("ratelimit"), Some("\"login\";r=0;t=900"));
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"login\";r=0;t=180"),
+        "same as Retry-After"
+    );
     assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-    assert_eq!(r.header("x-ratelimit-reset"), Some("900"));
+    assert_eq!(r.header("x-ratelimit-reset"), Some("180"));
     assert_eq!(r.json()["error"], "rate_limited");
     assert_eq!(r.header("www-authenticate"), None);
 

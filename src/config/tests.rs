@@ -300,3 +300,348 @@ fn a_serialized_protobuf_struct_is_read_like_json() {
     );
     assert!(Config::from_plugin_bytes(with_provider(json!({})).to_string().as_bytes()).is_ok());
 }
+
+#[test]
+fn a_member_given_twice_is_refused_with_its_path() {
+    let p = format!(
+        r#"{{"issuer": "https://idp", "jwks": {}}}"#,
+        serde_json::to_string(&jwks().to_string()).unwrap()
+    );
+    let cases = [
+        (
+            format!(r#"{{"realm": "a", "providers": [{p}], "realm": "b"}}"#),
+            "realm: duplicate field",
+        ),
+        (
+            format!(
+                r#"{{"providers": [{}]}}"#,
+                p.replacen('{', r#"{"issuer": "https://other", "#, 1)
+            ),
+            "providers[0].issuer: duplicate field",
+        ),
+        (
+            format!(
+                r#"{{"providers": [{p}], "routes": [{{"match": {{"paths": ["/a"], "paths": ["/b"]}}}}]}}"#
+            ),
+            "routes[0].match.paths: duplicate field",
+        ),
+        (
+            format!(
+                r#"{{"providers": [{p}], "rateLimits": {{"policies": {{"x": {{"requests": 1, "per": "1s"}}, "x": {{"requests": 9, "per": "1s"}}}}}}}}"#
+            ),
+            "rateLimits.policies.x: duplicate field",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            Config::from_json(text.as_bytes()).unwrap_err().to_string(),
+            want,
+            "{text}"
+        );
+    }
+    // The control: the first case without its repeat parses.
+    let once = format!(r#"{{"realm": "a", "providers": [{p}]}}"#);
+    assert_eq!(Config::from_json(once.as_bytes()).unwrap().realm, "a");
+}
+
+#[test]
+fn a_protobuf_struct_key_given_twice_is_refused_with_its_path() {
+    // Struct { fields: [entry{key, value}] }, written by hand: prost's map type cannot repeat a key.
+    fn entry(key: &str, value: &[u8]) -> Vec<u8> {
+        let mut e = vec![0x0a, key.len() as u8];
+        e.extend_from_slice(key.as_bytes());
+        e.push(0x12);
+        e.push(value.len() as u8);
+        e.extend_from_slice(value);
+        let mut out = vec![0x0a, e.len() as u8];
+        out.extend(e);
+        out
+    }
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = vec![0x1a, s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+    fn object(fields: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x2a, fields.len() as u8];
+        v.extend_from_slice(fields);
+        v
+    }
+    let top = [entry("realm", &string("a")), entry("realm", &string("b"))].concat();
+    assert_eq!(
+        Config::from_plugin_bytes(&top).unwrap_err().to_string(),
+        "realm: duplicate field"
+    );
+    let nested = entry(
+        "tokenCache",
+        &object(
+            &[
+                entry("maxEntries", &[0x11, 0, 0, 0, 0, 0, 0, 0x59, 0x40]),
+                entry("maxEntries", &[0x11, 0, 0, 0, 0, 0, 0, 0x59, 0x40]),
+            ]
+            .concat(),
+        ),
+    );
+    assert_eq!(
+        Config::from_plugin_bytes(&nested).unwrap_err().to_string(),
+        "tokenCache.maxEntries: duplicate field"
+    );
+    // The control: one of each decodes (and then fails only for want of providers).
+    let once = [entry("realm", &string("a"))].concat();
+    assert_eq!(
+        Config::from_plugin_bytes(&once).unwrap_err().to_string(),
+        "providers: at least one provider is required"
+    );
+}
+
+#[test]
+fn realm_is_bounded_and_header_safe() {
+    let with_realm = |realm: &str| {
+        let mut v = with_provider(json!({}));
+        v["realm"] = json!(realm);
+        v
+    };
+    assert_eq!(
+        parse(with_realm(&"r".repeat(256))).unwrap().realm.len(),
+        256
+    );
+    assert_eq!(
+        err(with_realm(&"r".repeat(257))),
+        "realm: must be at most 256 bytes"
+    );
+    // The 10 MB realm of the report: refused, and the error does not echo it.
+    let e = err(with_realm(&"r".repeat(10 << 20)));
+    assert_eq!(e, "realm: must be at most 256 bytes");
+    for bad in ["", "a\"b", "a\\b", "a\r\nb", "caf\u{e9}"] {
+        assert!(
+            err(with_realm(bad)).starts_with("realm: must be 1-256 bytes of printable ASCII"),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn every_string_is_bounded_and_the_error_names_the_field() {
+    let long = |n: usize| "a".repeat(n);
+    let cases = [
+        (
+            json!({"issuer": long(1025)}),
+            "providers[0].issuer: must be at most 1024 bytes",
+        ),
+        (
+            json!({"audiences": ["api", long(1025)]}),
+            "providers[0].audiences[1]: must be at most 1024 bytes",
+        ),
+        (
+            json!({"fromHeaders": [{"name": long(257)}]}),
+            "providers[0].fromHeaders[0].name: must be at most 256 bytes",
+        ),
+        (
+            json!({"fromHeaders": [{"name": "x-token", "prefix": long(65)}]}),
+            "providers[0].fromHeaders[0].prefix: must be at most 64 bytes",
+        ),
+        (
+            json!({"fromParams": [long(257)]}),
+            "providers[0].fromParams[0]: must be at most 256 bytes",
+        ),
+        (
+            json!({"outputClaimToHeaders": [{"header": "x-a", "claim": long(257)}]}),
+            "providers[0].outputClaimToHeaders[0].claim: must be at most 256 bytes",
+        ),
+        (
+            json!({"algorithms": [long(300)]}),
+            "providers[0].algorithms[0]: must be at most 256 bytes",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(err(with_provider(extra)), want);
+    }
+    // Just inside the bounds: accepted.
+    let ok = with_provider(json!({"audiences": [long(1024)],
+        "outputClaimToHeaders": [{"header": long(256), "claim": long(256)}]}));
+    assert!(parse(ok).is_ok());
+
+    let mut top = with_provider(json!({}));
+    top["principalHeader"] = json!(long(257));
+    assert_eq!(err(top), "principalHeader: must be at most 256 bytes");
+    let mut routes = with_provider(json!({}));
+    routes["routes"] = json!([{"match": {"paths": ["/ok", format!("/{}", long(1024))]}}]);
+    assert_eq!(
+        err(routes),
+        "routes[0].match.paths[1]: must be at most 1024 bytes"
+    );
+    let mut key = with_provider(json!({}));
+    key["rateLimits"] = json!({"policies": {"a": {"requests": 1, "per": "1s"}, long(257): {"requests": 1, "per": "1s"}}});
+    assert_eq!(err(key), "rateLimits.policies: a key longer than 256 bytes");
+    // An inline JWKS is not a short string: its own size bound applies.
+    let keys = TestKeys::new();
+    let mut jwk = keys.rsa_jwk("rsa1", None);
+    jwk["x5c"] = json!([long(3000)]);
+    let big = json!({"providers": [{"issuer": "i", "jwks": {"keys": [jwk]}}]});
+    assert!(parse(big).is_ok());
+}
+
+#[test]
+fn jwks_uri_is_fully_validated() {
+    let remote =
+        |uri: &str| json!({"providers": [{"issuer": "i", "jwksUri": uri, "jwksCluster": "c"}]});
+    let split = |uri: &str| match &parse(remote(uri)).unwrap().providers[0].keys {
+        KeySource::Remote(r) => (r.authority.clone(), r.path.clone()),
+        KeySource::Inline(_) => panic!(),
+    };
+    // Valid URIs keep their authority and path as written.
+    assert_eq!(
+        split("https://idp.example.com/k"),
+        ("idp.example.com".into(), "/k".into())
+    );
+    assert_eq!(
+        split("http://idp:8080/a/b?x=1"),
+        ("idp:8080".into(), "/a/b?x=1".into())
+    );
+    assert_eq!(split("https://idp"), ("idp".into(), "/".into()));
+    assert_eq!(split("https://idp?v=2"), ("idp".into(), "/?v=2".into()));
+    assert_eq!(
+        split("http://[::1]:9000/jwks"),
+        ("[::1]:9000".into(), "/jwks".into())
+    );
+    assert_eq!(
+        split("http://[2001:db8::7]/jwks"),
+        ("[2001:db8::7]".into(), "/jwks".into())
+    );
+    assert_eq!(
+        split("http://10.0.0.1:1/k"),
+        ("10.0.0.1:1".into(), "/k".into())
+    );
+    assert_eq!(split("http://idp:65535/k").0, "idp:65535");
+
+    let cases = [
+        ("http://idp:99999/x", "the port must be between 1 and 65535"),
+        ("http://idp:0/x", "the port must be between 1 and 65535"),
+        ("http://idp:65536/x", "the port must be between 1 and 65535"),
+        ("http://idp:/x", "the port must be between 1 and 65535"),
+        ("http://idp:8a/x", "the port must be between 1 and 65535"),
+        ("http://idp:+80/x", "the port must be between 1 and 65535"),
+        (
+            "http://[::1/x",
+            "an IPv6 address must be in brackets and well-formed: [::1]",
+        ),
+        (
+            "http://[::g]/x",
+            "an IPv6 address must be in brackets and well-formed: [::1]",
+        ),
+        (
+            "http://[fe80::1%25eth0]/x",
+            "an IPv6 address must be in brackets and well-formed: [::1]",
+        ),
+        ("http://[::1]x/k", "must be host[:port] after the scheme"),
+        (
+            "http://::1/x",
+            "an IPv6 address must be in brackets and well-formed: [::1]",
+        ),
+        (
+            "http://user:pw@idp/x",
+            "must not carry userinfo (user@host)",
+        ),
+        ("http://@idp/x", "must not carry userinfo (user@host)"),
+        ("https://idp/k#frag", "must not have a fragment (#)"),
+        ("https:///k", "must name a host"),
+        ("https://:443/k", "must name a host"),
+        ("https://id p/k", "must be printable ASCII without spaces"),
+        (
+            "https://idp/k\u{e9}",
+            "must be printable ASCII without spaces",
+        ),
+        (
+            "https://id%70/k",
+            "the host must be a DNS name, an IPv4 address or a bracketed IPv6 address",
+        ),
+        ("ftp://idp/k", "must be an absolute http:// or https:// URI"),
+        (
+            "HTTPS://idp/k",
+            "must be an absolute http:// or https:// URI",
+        ),
+        ("//idp/k", "must be an absolute http:// or https:// URI"),
+    ];
+    for (uri, want) in cases {
+        assert_eq!(
+            err(remote(uri)),
+            format!("providers[0].jwksUri: {want}"),
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        err(remote(&format!("https://idp/{}", "k".repeat(2048)))),
+        "providers[0].jwksUri: must be at most 2048 bytes"
+    );
+}
+
+fn with_limits(policies: Value, route_limits: Value) -> Value {
+    let mut v = with_provider(json!({}));
+    v["rateLimits"] = json!({ "policies": policies });
+    v["routes"] = json!([{"name": "r", "rateLimit": route_limits}]);
+    v
+}
+
+#[test]
+fn a_route_cost_above_its_policy_burst_is_refused() {
+    let policies = json!({
+        "ten": {"requests": 10, "per": "1m"},
+        "small": {"requests": 100, "per": "1m", "burst": 5},
+        "big": {"requests": 100, "per": "1m"}
+    });
+    // The report's case: cost 11 on burst 10 would answer 429 forever.
+    assert_eq!(
+        err(with_limits(policies.clone(), json!([{"policy": "ten", "cost": 11}]))),
+        "routes[0].rateLimit[0].cost: 11 is above the burst of policy \"ten\" (10): such a request could never be admitted"
+    );
+    // Cost equal to the burst is fine.
+    assert!(parse(with_limits(
+        policies.clone(),
+        json!([{"policy": "ten", "cost": 10}])
+    ))
+    .is_ok());
+    // The burst, not the rate, is the bound.
+    assert!(err(with_limits(
+        policies.clone(),
+        json!([{"policy": "small", "cost": 6}])
+    ))
+    .starts_with("routes[0].rateLimit[0].cost: 6 is above the burst of policy \"small\" (5)"));
+    // A tier: every policy it can pick must fit the cost, the default too.
+    let tier = |default: &str| json!([{"tier": {"claim": "plan", "policies": {"a": "big", "b": "small"}, "default": default}, "cost": 8}]);
+    assert!(err(with_limits(policies.clone(), tier("big")))
+        .starts_with("routes[0].rateLimit[0].cost: 8 is above the burst of policy \"small\" (5)"));
+    let tier_ok = json!([{"tier": {"claim": "plan", "policies": {"a": "big"}, "default": "ten"}, "cost": 10}]);
+    assert!(parse(with_limits(policies.clone(), tier_ok)).is_ok());
+    let tier_default = json!([{"tier": {"claim": "plan", "policies": {"a": "big"}, "default": "ten"}, "cost": 11}]);
+    assert!(err(with_limits(policies, tier_default))
+        .starts_with("routes[0].rateLimit[0].cost: 11 is above the burst of policy \"ten\" (10)"));
+}
+
+#[test]
+fn durations_in_envoy_and_istio_forms_configure_the_window() {
+    for (per, ns) in [
+        ("1m30s", 90_000_000_000u64),
+        ("1.5s", 1_500_000_000),
+        ("15m", 900_000_000_000),
+        ("2h", 7_200_000_000_000),
+    ] {
+        let c = parse(with_limits(
+            json!({"p": {"requests": 3, "per": per}}),
+            json!([]),
+        ))
+        .unwrap();
+        assert_eq!(c.rate_limits.unwrap().limits[0].per_ns, ns, "{per}");
+    }
+    let e = err(with_limits(
+        json!({"p": {"requests": 3, "per": "1w"}}),
+        json!([]),
+    ));
+    assert!(
+        e.starts_with("rateLimits.policies.p.per: a duration:"),
+        "{e}"
+    );
+    for form in ["1m30s", "1.5s", "500ms", "2h", "1d"] {
+        assert!(e.contains(form), "the error lists {form}: {e}");
+    }
+    assert!(e.ends_with("got \"1w\""), "{e}");
+}

@@ -545,7 +545,10 @@ mod rate_limits {
             "one attempt per 3 minutes refills"
         );
         assert_eq!(header(&r, "ratelimit-policy"), "\"login\";q=5;w=900");
-        assert_eq!(header(&r, "ratelimit"), "\"login\";r=0;t=900");
+        // On a refusal `t` and X-RateLimit-Reset say the same as Retry-After (not the 900 s
+        // until the bucket is full again).
+        assert_eq!(header(&r, "ratelimit"), "\"login\";r=0;t=180");
+        assert_eq!(header(&r, "x-ratelimit-reset"), "180");
         assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
         assert!(r.headers.iter().all(|(n, _)| *n != "www-authenticate"));
         assert_eq!(

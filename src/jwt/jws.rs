@@ -123,7 +123,8 @@ fn decode_object(part: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part.as_bytes())
         .map_err(|_| TokenError::Malformed)?;
-    match serde_json::from_slice(&bytes) {
+    // A member given twice (`alg`, `sub`, …) is refused, not read last-wins.
+    match super::json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(TokenError::Malformed),
     }

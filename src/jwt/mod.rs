@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod crypto;
 pub mod extract;
+pub mod json;
 pub mod jwks;
 pub mod jws;
 pub mod verify;

@@ -109,3 +109,45 @@ fn refuses_bad_json_shapes() {
         assert_eq!(parse(&t), Err(TokenError::Malformed), "{name}");
     }
 }
+
+#[test]
+fn a_member_given_twice_is_malformed_not_last_wins() {
+    let cases = [
+        (
+            "alg twice",
+            token(r#"{"alg":"none","alg":"RS256"}"#, r#"{"sub":"s"}"#),
+        ),
+        (
+            "kid twice",
+            token(r#"{"alg":"RS256","kid":"a","kid":"a"}"#, "{}"),
+        ),
+        (
+            "sub twice",
+            token(r#"{"alg":"RS256"}"#, r#"{"sub":"admin","sub":"alice"}"#),
+        ),
+        (
+            "exp twice",
+            token(r#"{"alg":"RS256"}"#, r#"{"exp":1,"iss":"i","exp":2}"#),
+        ),
+        (
+            "nested twice",
+            token(
+                r#"{"alg":"RS256"}"#,
+                r#"{"cnf":{"x5t#S256":"a","x5t#S256":"b"}}"#,
+            ),
+        ),
+        (
+            "in an array",
+            token(r#"{"alg":"RS256"}"#, r#"{"x":[{"r":1,"r":2}]}"#),
+        ),
+    ];
+    for (name, t) in cases {
+        assert_eq!(parse(&t), Err(TokenError::Malformed), "{name}");
+    }
+    // The same name at different places is fine.
+    let ok = token(
+        r#"{"alg":"RS256","kid":"k"}"#,
+        r#"{"sub":"s","x":{"sub":"t"},"kid":"k"}"#,
+    );
+    assert_eq!(parse(&ok).unwrap().claims.sub.as_deref(), Some("s"));
+}

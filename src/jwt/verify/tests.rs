@@ -1,5 +1,7 @@
 //! Verification stories with an explicit clock: `NOW` and the provider's 60 s skew.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::json;
 
 use super::*;
@@ -272,4 +274,35 @@ fn token_from_a_source_the_issuer_does_not_use_is_refused() {
         verify(&t, &[7], &s.config.providers, &s.lookup, None, NOW).map_err(|r| r.error),
         Err(TokenError::UnknownIssuer)
     );
+}
+
+/// A header and payload given as raw JSON text (so members may repeat), signed with Ed25519.
+fn signed_raw(keys: &TestKeys, header: &str, payload: &str) -> String {
+    let input = format!("{}.{}", b64(header), b64(payload));
+    let kp = ed25519_compact::KeyPair::from_slice(&keys.ed.to_bytes()).unwrap();
+    let sig = kp.sk.sign(input.as_bytes(), None);
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+#[test]
+fn a_correctly_signed_token_with_a_repeated_member_is_malformed() {
+    let s = setup(json!({}));
+    let payload = |sub: &str| {
+        format!(
+            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{},"sub":"alice"{sub}}}"#,
+            NOW + 600
+        )
+    };
+    let header = r#"{"alg":"EdDSA","kid":"ed1"}"#;
+    // The control: the same token without the repeat verifies.
+    let good = signed_raw(&s.keys, header, &payload(""));
+    assert_eq!(s.check(&good).unwrap().claims.sub.as_deref(), Some("alice"));
+    let twice_sub = signed_raw(&s.keys, header, &payload(r#","sub":"admin""#));
+    assert_eq!(s.check(&twice_sub).map(|_| ()), Err(TokenError::Malformed));
+    let twice_alg = signed_raw(
+        &s.keys,
+        r#"{"alg":"EdDSA","kid":"ed1","alg":"EdDSA"}"#,
+        &payload(""),
+    );
+    assert_eq!(s.check(&twice_alg).map(|_| ()), Err(TokenError::Malformed));
 }
