@@ -118,7 +118,7 @@ impl Engine {
         let policy = &cfg.policy;
         // Client copies of the headers meshguard sets: removed (only those present, to spare host
         // calls on the hot path).
-        let present = |h: &&String| req.headers.iter().any(|(n, _)| n == *h);
+        let present = |h: &&String| req.headers.iter().any(|(n, _)| *n == h.as_str());
         let mut fwd = Forward {
             remove_headers: cfg.owned_headers.iter().filter(present).cloned().collect(),
             ..Forward::default()

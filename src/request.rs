@@ -2,13 +2,24 @@
 
 use crate::identity::Peer;
 
+/// One header line: name (lower-case) and value, borrowed from the host's header map.
+pub type Header<'a> = (&'a str, &'a [u8]);
+
+/// Borrows owned header lines (tests, and hosts that hold them owned).
+pub fn borrowed(owned: &[(String, Vec<u8>)]) -> Vec<Header<'_>> {
+    owned
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect()
+}
+
 /// One request as the core sees it.
 #[derive(Debug, Clone)]
 pub struct RequestView<'a> {
     /// `:path` as received (path and query).
     pub path: &'a str,
     /// Every header line, names lower-case (Envoy's header map keeps them so), values as bytes.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a [Header<'a>],
     /// The TLS peer and the source address.
     pub peer: &'a Peer,
 }
@@ -19,24 +30,22 @@ impl<'a> RequestView<'a> {
         self.headers
             .iter()
             .enumerate()
-            .filter(move |(_, (n, _))| n == name)
-            .map(|(i, (_, v))| (i, v.as_slice()))
+            .filter(move |(_, (n, _))| *n == name)
+            .map(|(i, (_, v))| (i, *v))
     }
 
     /// The first value of a header (pseudo-headers such as `:authority` included), as text.
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        let headers: &'a [(String, Vec<u8>)] = self.headers;
-        headers
+        self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| *n == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// A header that must be text when present (`:authority`, `:method`): `Ok("")` when absent,
     /// `Err` when its bytes are not UTF-8.
     pub fn text_header(&self, name: &str) -> Result<&'a str, std::str::Utf8Error> {
-        let headers: &'a [(String, Vec<u8>)] = self.headers;
-        match headers.iter().find(|(n, _)| n == name) {
+        match self.headers.iter().find(|(n, _)| *n == name) {
             Some((_, v)) => std::str::from_utf8(v),
             None => Ok(""),
         }

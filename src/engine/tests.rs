@@ -69,7 +69,7 @@ fn decide(e: &(Engine, Inline), headers: &[(&str, &str)], peer: &Peer) -> Decisi
         .collect();
     let req = RequestView {
         path: "/projects?x=1",
-        headers: &headers,
+        headers: &crate::request::borrowed(&headers),
         peer,
     };
     run(e, &req)
@@ -274,7 +274,7 @@ fn request(
     }
     let req = RequestView {
         path,
-        headers: &headers,
+        headers: &crate::request::borrowed(&headers),
         peer,
     };
     run(e, &req)
@@ -494,7 +494,7 @@ mod rate_limits {
             });
             let req = RequestView {
                 path,
-                headers: &headers,
+                headers: &crate::request::borrowed(&headers),
                 peer: &peer,
             };
             let inputs = Inputs {
@@ -742,7 +742,7 @@ fn non_utf8_or_missing_request_line_parts_are_refused() {
         &e,
         &RequestView {
             path: "/",
-            headers: &headers,
+            headers: &crate::request::borrowed(&headers),
             peer: &p,
         },
     ));
@@ -788,7 +788,7 @@ fn the_token_cache_skips_the_signature_but_not_the_clock_or_a_key_change() {
     let p = Peer::default();
     let req = RequestView {
         path: "/",
-        headers: &headers,
+        headers: &crate::request::borrowed(&headers),
         peer: &p,
     };
     let mut lookup = Gen(inline, 1);

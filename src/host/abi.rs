@@ -219,13 +219,12 @@ pub fn buffer(kind: BufferType, start: usize, max: usize) -> HostResult<Option<V
     buffer_call(|d, s| unsafe { raw::proxy_get_buffer_bytes(kind as u32, start, max, d, s) })
 }
 
-/// Every header of a map (names as Envoy keeps them: lower-case). `SerializationFailure` when the
-/// host's bytes do not add up.
-pub fn headers(kind: MapType) -> HostResult<Vec<(String, Vec<u8>)>> {
+/// Every header of a map, in the ABI's encoding: decode it with `wire::decode_map` (which
+/// borrows from it, so no copy per header).
+pub fn headers(kind: MapType) -> HostResult<Vec<u8>> {
     // SAFETY: the out-pointers are live locals of `buffer_call`.
-    let bytes = buffer_call(|d, s| unsafe { raw::proxy_get_header_map_pairs(kind as u32, d, s) })?
-        .unwrap_or_default();
-    wire::decode_map(&bytes).ok_or(HostError::SerializationFailure)
+    let bytes = buffer_call(|d, s| unsafe { raw::proxy_get_header_map_pairs(kind as u32, d, s) })?;
+    Ok(bytes.unwrap_or_default())
 }
 
 /// One header's first value; `Ok(None)` when absent.

@@ -169,12 +169,13 @@ impl Filter {
     /// Reads the request, decides (catching up with shared keys once on a key miss).
     fn evaluate(&self, now: u64) -> (Decision, Events, Peer) {
         // Unreadable headers become none: the core then refuses the request (no `:path`: 400).
-        let headers = abi::headers(MapType::Request).unwrap_or_default();
+        let raw = abi::headers(MapType::Request).unwrap_or_default();
+        let headers = crate::wire::decode_map(&raw).unwrap_or_default();
         // A missing or non-UTF-8 `:path` (HTTP/2 allows one) becomes "", which the core refuses
         // with 400: never a default path that could match a weaker route.
         let path = headers
             .iter()
-            .find(|(n, _)| n == ":path")
+            .find(|(n, _)| *n == ":path")
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .unwrap_or("");
         let peer = Peer::lazy(&HostPeer);

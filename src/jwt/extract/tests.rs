@@ -27,7 +27,7 @@ fn run(path: &str, headers: &[(&str, &[u8])]) -> Result<Option<Credential>, Requ
     let peer = Peer::default();
     let req = RequestView {
         path,
-        headers: &headers,
+        headers: &crate::request::borrowed(&headers),
         peer: &peer,
     };
     extract(&req, &sources())
