@@ -92,7 +92,7 @@ impl RootContext for Root {
             }
         }
         let metrics = Metrics::define(&plugin, &config);
-        let engine = Engine::new(config, &plugin);
+        let engine = Engine::new(config, &plugin, [0u8; 16]); // TODO(host): per-proxy secret
         create_slots(&engine.slot_keys());
         let cache = TokenCache::new(
             engine.config.token_cache_entries,
