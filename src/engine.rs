@@ -1,7 +1,8 @@
 //! The request pipeline: one call per request, from plain inputs to one [`Decision`].
 //!
-//! normalise path → route (first match wins) → authenticate (failed-auth guard → credential →
-//! provider → key → signature → claims → certificate binding) → rate limit by identity →
+//! normalise path → route (first match wins) → authenticate (credential → verified-token cache,
+//! else: negative cache → failed-auth budget → provider → key → signature → claims; then
+//! certificate binding) → rate limit by identity →
 //! authorize (peer, issuer, scopes, roles, claims) → upstream headers. In dry-run mode a refusal
 //! is recorded in the decision and the request goes on.
 
@@ -10,10 +11,10 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use crate::config::{Config, TokenSource};
+use crate::config::{Config, Provider, TokenSource};
 use crate::decision::{Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
 use crate::identity::Peer;
-use crate::jwt::cache::{token_hash, Cached, TokenCache};
+use crate::jwt::cache::{token_hash, whole_token_hash, Cached, Failed, TokenCache};
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
@@ -21,9 +22,11 @@ use crate::jwt::verify::{check_binding, check_claims, verify, KeyLookup, Rejecte
 use crate::jwt::TokenError;
 use crate::policy::path::normalize;
 use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
-use crate::ratelimit::store::{charge, peek_exhausted, BucketStore, Charge};
+use crate::ratelimit::budget::{self, Admission};
+use crate::ratelimit::store::{charge, BucketStore, Charge};
 use crate::ratelimit::{
-    identity_hash, slot_key, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, Verdict,
+    identity_hash, slot_key, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, SlotSecret,
+    Verdict,
 };
 use crate::request::RequestView;
 
@@ -33,6 +36,8 @@ pub struct Engine {
     pub config: Config,
     /// The plugin's name: the prefix of its shared-data keys.
     pub plugin: String,
+    /// The proxy's secret for slot choice and token memories (see [`identity_hash`]).
+    secret: SlotSecret,
 }
 
 /// What the host needs besides the request: keys, the bucket store, the clock, and optionally
@@ -57,8 +62,14 @@ pub struct Events {
     pub key_miss: Option<usize>,
     /// The provider that had no keys for a token (a request may wait for its first keys).
     pub keys_unavailable: Option<usize>,
+    /// Tokens found in the verified-token cache.
     pub cache_hits: u32,
+    /// Tokens verified from scratch (parse, key, signature), whatever the outcome.
     pub cache_misses: u32,
+    /// Tokens refused from the worker's memory of failed tokens, without verification.
+    pub failed_replays: u32,
+    /// Tokens verified on a trickle credit although their source's failed-auth budget was spent.
+    pub budget_trickle: u32,
 }
 
 /// A refusal before it becomes an answer.
@@ -85,26 +96,47 @@ impl Refusal {
 }
 
 impl Engine {
-    pub fn new(config: Config, plugin: &str) -> Engine {
+    /// `secret`: 128 random bits, the same in every worker of the proxy (it keys slot choice and
+    /// the per-worker token memories; see [`identity_hash`]).
+    pub fn new(config: Config, plugin: &str, secret: SlotSecret) -> Engine {
         Engine {
             config,
             plugin: plugin.to_string(),
+            secret,
         }
     }
 
     /// Every shared-data key of every rate-limit slot (the host creates them once: Envoy can only
-    /// compare-and-swap keys that exist).
+    /// compare-and-swap keys that exist). The `failedAuth` policy's slots have their own keys
+    /// (`…/fa/<policy>/<slot>`, another layout); its `rl/` keys exist only when a route or
+    /// `global` charges it too.
     pub fn slot_keys(&self) -> Vec<String> {
         let Some(rl) = &self.config.rate_limits else {
             return Vec::new();
         };
-        rl.limits
-            .iter()
-            .flat_map(|l| {
-                (0..l.slots)
-                    .map(move |slot| format!("meshguard/{}/rl/{}/{slot}", self.plugin, l.name))
-            })
-            .collect()
+        let charged = |i: usize| {
+            rl.global.contains(&i)
+                || self.config.policy.routes.iter().any(|r| {
+                    r.rate_limits.iter().any(|l| match &l.choice {
+                        LimitChoice::Fixed(f) => *f == i,
+                        LimitChoice::Tier {
+                            by_value, default, ..
+                        } => *default == i || by_value.iter().any(|(_, t)| *t == i),
+                    })
+                })
+        };
+        let plugin = &self.plugin;
+        let mut keys = Vec::new();
+        for (i, l) in rl.limits.iter().enumerate() {
+            if rl.failed_auth == Some(i) {
+                keys.extend((0..l.slots).map(|s| format!("meshguard/{plugin}/fa/{}/{s}", l.name)));
+                if !charged(i) {
+                    continue;
+                }
+            }
+            keys.extend((0..l.slots).map(|s| format!("meshguard/{plugin}/rl/{}/{s}", l.name)));
+        }
+        keys
     }
 
     /// Decides one request.
@@ -230,8 +262,9 @@ impl Engine {
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
-    /// credentials. With a failed-authentication budget, a source that spent it is refused before
-    /// any signature work, and each failure spends one.
+    /// credentials. A token in the verified-token cache is judged from it (time, audience,
+    /// binding) and never meets the failed-authentication budget; any other token goes through
+    /// [`Engine::verify_fresh`].
     fn authenticate(
         &self,
         req: &RequestView<'_>,
@@ -245,120 +278,196 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let guard = cfg.rate_limits.as_ref().and_then(|rl| {
-            let limit = rl.limits.get(rl.failed_auth?)?;
-            let hash = identity_hash(&source_ip_identity(req.peer));
-            Some((limit, slot_key(&self.plugin, limit, hash), hash))
-        });
-        if let Some((limit, key, _)) = &guard {
-            if let Some(v) = peek_exhausted(inputs.buckets, key, limit, inputs.now_ns) {
-                return Err(Refusal {
-                    headers: limit_headers(limit, &v, true),
-                    ..Refusal::new(Reason::RateLimited(RateLimited::FailedAuth))
-                });
-            }
+        let token = credential.token.as_str();
+        let sources = credential.sources.as_slice();
+        let invalid = |e| Refusal::new(Reason::InvalidToken(e));
+        // A cheap bound before any decoding; each provider applies its own after.
+        if token.len() > cfg.max_token_bytes {
+            return Err(invalid(TokenError::TooLarge));
         }
-        let result =
-            self.verify_credential(req, inputs, &credential.token, &credential.sources, events);
-        let verified = match result {
-            Ok(v) => v,
-            Err(Rejected { error: e, provider }) => {
-                if e == TokenError::UnknownKey {
-                    events.key_miss = provider;
-                }
-                if e == TokenError::KeysUnavailable {
-                    events.keys_unavailable = provider;
-                }
-                if let Some((limit, key, hash)) = &guard {
-                    if e != TokenError::KeysUnavailable {
-                        let spent = charge(inputs.buckets, key, limit, 1, inputs.now_ns, *hash);
-                        if spent == Charge::Contended {
-                            events.cas_contention += 1;
-                        }
-                    }
-                }
-                return Err(Refusal::new(Reason::InvalidToken(e)));
+        let verified = match self.cached(inputs, token, sources) {
+            Some((provider, verified)) => {
+                events.cache_hits += 1;
+                // Time and audience are judged again with the current clock.
+                check_claims(&verified.claims, provider, inputs.now_ns / 1_000_000_000)
+                    .map_err(invalid)?;
+                verified
             }
+            None => self.verify_fresh(req, inputs, token, sources, events)?,
         };
-        self.identity_headers(req, &verified, &credential.sources, fwd);
+        let required = cfg
+            .providers
+            .get(verified.provider)
+            .is_some_and(|p| p.require_certificate_binding);
+        check_binding(&verified.claims, required, || req.peer.certificate_sha256())
+            .map_err(invalid)?;
+        self.identity_headers(req, &verified, sources, fwd);
         Ok(Some(verified.claims))
     }
 
-    fn verify_credential(
+    /// The token's entry in this worker's verified-token cache, if it is still usable here.
+    fn cached(
+        &self,
+        inputs: &Inputs<'_>,
+        token: &str,
+        sources: &[usize],
+    ) -> Option<(&Provider, VerifiedToken)> {
+        let cache = inputs.cache?.borrow();
+        let hit = cache.get(token, token_hash(token))?;
+        let provider = self.config.providers.get(hit.provider)?;
+        let usable = provider.sources.iter().any(|s| sources.contains(s))
+            && inputs.keys.generation(hit.provider) == hit.generation;
+        usable.then(|| {
+            (
+                provider,
+                VerifiedToken {
+                    provider: hit.provider,
+                    claims: hit.claims.clone(),
+                },
+            )
+        })
+    }
+
+    /// Verifies a token that is not in the verified-token cache. A token this worker saw fail
+    /// (for a reason time cannot undo, against the same key set) is refused again without
+    /// verification. With a `failedAuth` policy the source's budget decides first
+    /// ([`budget::admit`]) and each failure charges it.
+    fn verify_fresh(
         &self,
         req: &RequestView<'_>,
         inputs: &Inputs<'_>,
         token: &str,
         sources: &[usize],
         events: &mut Events,
-    ) -> Result<VerifiedToken, Rejected> {
+    ) -> Result<VerifiedToken, Refusal> {
         let cfg = &self.config;
-        // A cheap bound before any decoding; each provider applies its own after.
-        if token.len() > cfg.max_token_bytes {
-            return Err(Rejected {
-                error: TokenError::TooLarge,
-                provider: None,
+        let now_ns = inputs.now_ns;
+        let invalid = |e| Refusal::new(Reason::InvalidToken(e));
+        let memory = inputs
+            .cache
+            .map(|c| (c, whole_token_hash(&self.secret, token)));
+        if let Some((cache, key)) = memory {
+            let failed = cache.borrow().failed(key).copied().filter(|f| {
+                inputs.keys.generation(f.provider) == f.generation
+                    && cfg
+                        .providers
+                        .get(f.provider)
+                        .is_some_and(|p| p.sources.iter().any(|s| sources.contains(s)))
             });
-        }
-        let now_s = inputs.now_ns / 1_000_000_000;
-        let hash = token_hash(token);
-        let cached = inputs.cache.and_then(|c| {
-            let cache = c.borrow();
-            let hit = cache.get(token, hash)?;
-            let provider = cfg.providers.get(hit.provider)?;
-            let usable = provider.sources.iter().any(|s| sources.contains(s))
-                && inputs.keys.generation(hit.provider) == hit.generation;
-            usable.then(|| {
-                (
-                    provider,
-                    VerifiedToken {
-                        provider: hit.provider,
-                        claims: hit.claims.clone(),
-                    },
-                )
-            })
-        });
-        let verified = match cached {
-            Some((provider, verified)) => {
-                events.cache_hits += 1;
-                // Time and audience are judged again with the current clock.
-                check_claims(&verified.claims, provider, now_s).map_err(|error| Rejected {
-                    error,
-                    provider: Some(verified.provider),
-                })?;
-                verified
+            if let Some(f) = failed {
+                events.failed_replays += 1;
+                return Err(invalid(f.error));
             }
-            None => {
-                let verified = verify(
-                    token,
-                    sources,
-                    &cfg.providers,
-                    inputs.keys,
-                    inputs.crypto,
-                    now_s,
-                )?;
-                if let Some(cache) = inputs.cache {
-                    events.cache_misses += 1;
-                    let generation = inputs.keys.generation(verified.provider);
+        }
+        let gate = self.failed_auth_gate(req.peer);
+        if let Some(g) = &gate {
+            let retried = memory.is_none_or(|(c, key)| c.borrow().was_deferred(key));
+            let refused = |verdict: &Verdict| Refusal {
+                headers: limit_headers(g.limit, verdict, true),
+                ..Refusal::new(Reason::RateLimited(RateLimited::FailedAuth))
+            };
+            match budget::admit(
+                inputs.buckets,
+                &g.key,
+                g.limit,
+                g.fingerprint,
+                retried,
+                now_ns,
+            ) {
+                Admission::Budget => {}
+                Admission::Trickle => {
+                    events.budget_trickle += 1;
+                    if let Some((cache, key)) = memory {
+                        cache.borrow_mut().undefer(key);
+                    }
+                }
+                Admission::Deferred { verdict } => {
+                    if let Some((cache, key)) = memory {
+                        cache.borrow_mut().defer(key);
+                    }
+                    return Err(refused(&verdict));
+                }
+                Admission::Contended { verdict } => {
+                    events.cas_contention += 1;
+                    if let Some((cache, key)) = memory {
+                        cache.borrow_mut().defer(key);
+                    }
+                    return Err(refused(&verdict));
+                }
+            }
+        }
+        if memory.is_some() {
+            events.cache_misses += 1;
+        }
+        let result = verify(
+            token,
+            sources,
+            &cfg.providers,
+            inputs.keys,
+            inputs.crypto,
+            now_ns / 1_000_000_000,
+        );
+        match result {
+            Ok(verified) => {
+                if let Some((cache, _)) = memory {
                     let entry = Cached {
                         provider: verified.provider,
-                        generation,
+                        generation: inputs.keys.generation(verified.provider),
                         claims: verified.claims.clone(),
                     };
-                    cache.borrow_mut().insert(token, hash, entry);
+                    cache.borrow_mut().insert(token, token_hash(token), entry);
                 }
-                verified
+                Ok(verified)
             }
-        };
-        let provider = cfg.providers.get(verified.provider);
-        let required = provider.is_some_and(|p| p.require_certificate_binding);
-        check_binding(&verified.claims, required, || req.peer.certificate_sha256()).map_err(
-            |error| Rejected {
-                error,
-                provider: Some(verified.provider),
-            },
-        )?;
-        Ok(verified)
+            Err(Rejected { error, provider }) => {
+                if error == TokenError::UnknownKey {
+                    events.key_miss = provider;
+                }
+                if error == TokenError::KeysUnavailable {
+                    events.keys_unavailable = provider;
+                }
+                if let (Some((cache, key)), Some(provider), true) =
+                    (memory, provider, lasting(error))
+                {
+                    let generation = inputs.keys.generation(provider);
+                    cache.borrow_mut().remember_failed(
+                        key,
+                        Failed {
+                            provider,
+                            generation,
+                            error,
+                        },
+                    );
+                }
+                if let Some(g) = &gate {
+                    if error != TokenError::KeysUnavailable
+                        && !budget::record_failure(
+                            inputs.buckets,
+                            &g.key,
+                            g.limit,
+                            g.fingerprint,
+                            now_ns,
+                        )
+                    {
+                        events.cas_contention += 1;
+                    }
+                }
+                Err(invalid(error))
+            }
+        }
+    }
+
+    /// The request source's failed-auth slot, when a `failedAuth` policy is configured.
+    fn failed_auth_gate(&self, peer: &Peer) -> Option<Gate<'_>> {
+        let rl = self.config.rate_limits.as_ref()?;
+        let limit = rl.limits.get(rl.failed_auth?)?;
+        let hash = identity_hash(&self.secret, &source_ip_identity(peer));
+        let slot = hash % u64::from(limit.slots.max(1));
+        Some(Gate {
+            limit,
+            key: format!("meshguard/{}/fa/{}/{slot}", self.plugin, limit.name),
+            fingerprint: budget::fingerprint(hash),
+        })
     }
 
     /// Charges the global limits and the route's limits, in order, stopping at the first that
@@ -411,7 +520,7 @@ impl Engine {
                 KeyKind::SourceIp => source_ip_identity(peer),
                 KeyKind::Identity => identity(rl, peer, claims),
             };
-            let hash = identity_hash(&identity);
+            let hash = identity_hash(&self.secret, &identity);
             let key = slot_key(&self.plugin, limit, hash);
             match charge(inputs.buckets, &key, limit, cost, inputs.now_ns, hash) {
                 Charge::Done { verdict, shared } => {
@@ -489,6 +598,27 @@ impl Engine {
             fwd.set_headers.push((cfg.principal_header.clone(), p));
         }
     }
+}
+
+/// A source's failed-authentication slot.
+struct Gate<'a> {
+    limit: &'a Limit,
+    key: String,
+    fingerprint: u32,
+}
+
+/// Failures that time cannot undo for the same token and key set: remembered, so the token is
+/// refused again without verification. (`nbf`/`iat` in the future heal; a missing key set or
+/// an unknown `kid` may be fetched.)
+fn lasting(error: TokenError) -> bool {
+    matches!(
+        error,
+        TokenError::BadSignature
+            | TokenError::Expired
+            | TokenError::MissingExpiration
+            | TokenError::LifetimeTooLong
+            | TokenError::Audience
+    )
 }
 
 /// The caller's rate-limit identity: the first configured source that is available, else the

@@ -30,7 +30,7 @@ impl SharedKeys {
     /// Keys of one provider. `source` identifies what is fetched (issuer, URI, cluster): two
     /// plugin instances or configuration versions share a document only when it is the same one.
     pub fn new(plugin: &str, provider: &str, source: &str) -> SharedKeys {
-        let fingerprint = crate::ratelimit::identity_hash(source);
+        let fingerprint = crate::ratelimit::stable_hash(source);
         let base = format!("meshguard/{plugin}/jwks/{provider}/{fingerprint:016x}");
         SharedKeys {
             meta: format!("{base}/meta"),

@@ -33,7 +33,7 @@ fn engine(
         .extend(top.as_object().unwrap().clone());
     let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
     let sets = config.inline_keys();
-    (Engine::new(config, "test"), Inline(sets))
+    (Engine::new(config, "test", [7u8; 16]), Inline(sets))
 }
 
 /// Decides with the inline keys, a fresh bucket store and the fixed clock.
@@ -220,7 +220,7 @@ fn several_providers_each_verify_their_own_issuer() {
         {"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}]});
     let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
     let sets = config.inline_keys();
-    let e = (Engine::new(config, "test"), Inline(sets));
+    let e = (Engine::new(config, "test", [7u8; 16]), Inline(sets));
     let ok = format!(
         "Bearer {}",
         b.eddsa(claims(json!({"iss": "https://partner"})))
@@ -442,6 +442,7 @@ mod rate_limits {
         engine: Engine,
         keys: Inline,
         store: MemStore,
+        cache: RefCell<TokenCache>,
     }
 
     fn world(keys: &TestKeys) -> World {
@@ -470,17 +471,29 @@ mod rate_limits {
         });
         let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
         let sets = config.inline_keys();
-        let engine = Engine::new(config, "t");
+        let engine = Engine::new(config, "t", [7u8; 16]);
         let store = MemStore::for_engine(&engine);
         World {
             engine,
             keys: Inline(sets),
             store,
+            cache: RefCell::new(TokenCache::new(100, 1 << 20)),
         }
     }
 
     impl World {
         fn call(&self, path: &str, token: Option<&str>, ip: &str, at_s: u64) -> Decision {
+            self.call_with(path, token, ip, at_s).0
+        }
+
+        /// One request, and what happened while deciding it.
+        fn call_with(
+            &self,
+            path: &str,
+            token: Option<&str>,
+            ip: &str,
+            at_s: u64,
+        ) -> (Decision, Events) {
             let mut headers = vec![(":method".to_string(), b"GET".to_vec())];
             if let Some(t) = token {
                 headers.push((
@@ -501,10 +514,12 @@ mod rate_limits {
                 keys: &self.keys,
                 buckets: &self.store,
                 crypto: None,
-                cache: None,
+                cache: Some(&self.cache),
                 now_ns: at_s * 1_000_000_000,
             };
-            self.engine.decide(&req, &inputs, &mut Events::default())
+            let mut events = Events::default();
+            let d = self.engine.decide(&req, &inputs, &mut events);
+            (d, events)
         }
 
         fn admitted(
@@ -604,37 +619,170 @@ mod rate_limits {
         assert_eq!(h["x-ratelimit-limit"], "60");
     }
 
+    /// 10 failures per minute per source (`forged`, 64 slots). Returns the forged tokens.
+    fn spend_budget(w: &World, ip: &str) -> Vec<String> {
+        let forger = TestKeys::new();
+        let forged: Vec<String> = (0..10)
+            .map(|i| forger.eddsa(claims(json!({ "sub": format!("f{i}") }))))
+            .collect();
+        for t in &forged {
+            let (d, ev) = w.call_with("/x", Some(t), ip, NOW);
+            assert_eq!(denied(d).status, 401);
+            assert_eq!(ev.cache_misses, 1, "verified");
+        }
+        forged
+    }
+
     #[test]
-    fn forged_tokens_exhaust_the_source_budget_then_get_429_before_verification() {
+    fn forged_tokens_spend_the_source_budget_then_new_ones_get_429_unverified() {
         let keys = TestKeys::new();
         let w = world(&keys);
-        let forger = TestKeys::new();
-        let forged = forger.eddsa(claims(json!({})));
-        for _ in 0..10 {
-            assert_eq!(
-                denied(w.call("/x", Some(&forged), "6.6.6.6", NOW)).status,
-                401
-            );
-        }
-        let r = denied(w.call("/x", Some(&forged), "6.6.6.6", NOW));
+        spend_budget(&w, "6.6.6.6");
+        let forged = TestKeys::new().eddsa(claims(json!({"sub": "more"})));
+        let (d, ev) = w.call_with("/x", Some(&forged), "6.6.6.6", NOW);
+        let r = denied(d);
         assert_eq!(
             (r.status, r.reason),
             (429, Reason::RateLimited(RateLimited::FailedAuth))
         );
-        // Even a valid token from that source waits: nothing is verified until the budget refills.
-        let good = keys.eddsa(claims(json!({})));
+        assert_eq!(ev.cache_misses, 0, "refused before verification");
         assert_eq!(
-            denied(w.call("/x", Some(&good), "6.6.6.6", NOW)).status,
-            429
+            header(&r, "retry-after"),
+            "1",
+            "a retry is served by the trickle"
         );
+        // The budget refills at its own rate: one failure per 6 s.
+        let other = TestKeys::new().eddsa(claims(json!({"sub": "later"})));
+        assert_eq!(
+            denied(w.call("/x", Some(&other), "6.6.6.6", NOW + 6)).status,
+            401
+        );
+    }
+
+    #[test]
+    fn a_token_that_failed_is_refused_again_without_verification() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let forged = TestKeys::new().eddsa(claims(json!({})));
+        let (d, ev) = w.call_with("/x", Some(&forged), "6.6.6.6", NOW);
+        assert_eq!(
+            denied(d).reason,
+            Reason::InvalidToken(TokenError::BadSignature)
+        );
+        assert_eq!((ev.cache_misses, ev.failed_replays), (1, 0));
+        for _ in 0..50 {
+            let (d, ev) = w.call_with("/x", Some(&forged), "6.6.6.6", NOW);
+            let r = denied(d);
+            assert_eq!(
+                (r.status, r.reason),
+                (401, Reason::InvalidToken(TokenError::BadSignature)),
+                "the same answer"
+            );
+            assert_eq!((ev.cache_misses, ev.failed_replays), (0, 1));
+        }
+        // Replays cost the budget nothing: a new forged token is still verified.
+        let other = TestKeys::new().eddsa(claims(json!({})));
+        assert_eq!(
+            w.call_with("/x", Some(&other), "6.6.6.6", NOW)
+                .1
+                .cache_misses,
+            1
+        );
+        // An expired token is remembered too; one not yet valid is not (it may become valid).
+        let expired = keys.eddsa(claims(json!({"exp": NOW - 100, "iat": NOW - 200})));
+        let early = keys.eddsa(claims(json!({"nbf": NOW + 100})));
+        for (token, misses) in [(&expired, 1), (&expired, 0), (&early, 1), (&early, 1)] {
+            assert_eq!(
+                w.call_with("/x", Some(token), "7.7.7.7", NOW)
+                    .1
+                    .cache_misses,
+                misses
+            );
+        }
+    }
+
+    #[test]
+    fn a_cached_token_is_never_refused_by_a_spent_budget() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let good = keys.eddsa(claims(json!({"sub": "behind-the-nat"})));
         assert!(matches!(
-            w.call("/x", Some(&good), "6.6.6.7", NOW),
+            w.call("/x", Some(&good), "6.6.6.6", NOW),
             Decision::Allow(_)
         ));
-        assert!(matches!(
-            w.call("/x", Some(&good), "6.6.6.6", NOW + 6),
-            Decision::Allow(_)
-        ));
+        spend_budget(&w, "6.6.6.6");
+        for _ in 0..50 {
+            let (d, ev) = w.call_with("/x", Some(&good), "6.6.6.6", NOW);
+            assert!(matches!(d, Decision::Allow(_)));
+            assert_eq!(ev.cache_hits, 1);
+        }
+    }
+
+    #[test]
+    fn a_fresh_valid_token_from_a_flooded_source_is_served_on_its_retry() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        spend_budget(&w, "6.6.6.6");
+        let fresh = keys.eddsa(claims(json!({"sub": "new-login"})));
+        let r = denied(w.call("/x", Some(&fresh), "6.6.6.6", NOW));
+        assert_eq!((r.status, header(&r, "retry-after")), (429, "1"));
+        // The flood goes on with new tokens: each is deferred, none verified.
+        let forger = TestKeys::new();
+        for i in 0..100 {
+            let t = forger.eddsa(claims(json!({ "sub": format!("g{i}") })));
+            let (d, ev) = w.call_with("/x", Some(&t), "6.6.6.6", NOW);
+            assert_eq!((denied(d).status, ev.cache_misses), (429, 0));
+        }
+        let (d, ev) = w.call_with("/x", Some(&fresh), "6.6.6.6", NOW);
+        assert!(matches!(d, Decision::Allow(_)), "the retry is verified");
+        assert_eq!((ev.budget_trickle, ev.cache_misses), (1, 1));
+    }
+
+    #[test]
+    fn another_source_sharing_a_spent_slot_is_verified_not_refused() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        // 64 slots: find a source that shares the flooder's slot.
+        let flooder = "6.6.6.6";
+        let slot = |ip: &str| {
+            let peer = Peer::from(PeerInfo {
+                source_address: Some(format!("{ip}:1")),
+                ..PeerInfo::default()
+            });
+            w.engine.failed_auth_gate(&peer).unwrap().key
+        };
+        let neighbour = (0..10_000)
+            .map(|i| format!("10.9.{}.{}", i / 256, i % 256))
+            .find(|ip| slot(ip) == slot(flooder))
+            .unwrap();
+        spend_budget(&w, flooder);
+        let fresh = keys.eddsa(claims(json!({"sub": "neighbour"})));
+        let (d, ev) = w.call_with("/x", Some(&fresh), &neighbour, NOW);
+        assert!(matches!(d, Decision::Allow(_)));
+        assert_eq!(ev.budget_trickle, 1);
+    }
+
+    #[test]
+    fn slots_are_chosen_with_the_secret() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let other = Engine::new(w.engine.config.clone(), "t", [8u8; 16]);
+        let peer = |i: u32| {
+            Peer::from(PeerInfo {
+                source_address: Some(format!("10.0.{}.{}:1", i / 256, i % 256)),
+                ..PeerInfo::default()
+            })
+        };
+        let moved = (0..100)
+            .filter(|i| {
+                w.engine.failed_auth_gate(&peer(*i)).unwrap().key
+                    != other.failed_auth_gate(&peer(*i)).unwrap().key
+            })
+            .count();
+        assert!(
+            moved > 90,
+            "another secret, other slots: {moved} of 100 moved"
+        );
     }
 
     #[test]

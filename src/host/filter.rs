@@ -205,7 +205,9 @@ impl Filter {
         let keys = self.worker.keys.borrow();
         let config = &self.worker.engine.config;
         let crypto: Option<&dyn HostCrypto> = config.host_crypto.then_some(&self.worker.crypto);
-        let cache = (config.token_cache_entries > 0).then_some(&self.worker.cache);
+        // Always passed: with `tokenCache.maxEntries: 0` it keeps no verified tokens, but still
+        // remembers failed and deferred ones for the failed-auth budget.
+        let cache = Some(&self.worker.cache);
         let inputs = Inputs {
             keys: &*keys,
             buckets: &SharedData,

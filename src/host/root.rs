@@ -99,8 +99,7 @@ impl Root {
             }
         }
         let metrics = Metrics::define(&plugin, &config);
-        let _secret = secret::per_proxy();
-        let engine = Engine::new(config, &plugin);
+        let engine = Engine::new(config, &plugin, secret::per_proxy());
         create_slots(&engine.slot_keys());
         let cache = TokenCache::new(
             engine.config.token_cache_entries,

@@ -3,14 +3,25 @@
 //! a hash of the token's last bytes ([`token_hash`]) and confirmed by comparing the whole token. A hit still runs the
 //! time and audience checks with the current clock, and the caller checks the key-set generation
 //! (an entry dies with the key set that verified it).
+//!
+//! Beside it, two small per-worker memories for the failed-authentication budget
+//! ([`crate::ratelimit::budget`]), keyed by a keyed hash of the whole token: tokens that failed
+//! verification (refused again without signature work) and tokens the budget deferred (a token
+//! seen again is an honest retry more likely than a flood, and gets the trickle).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use super::jws::Claims;
+use super::TokenError;
 
 pub const DEFAULT_MAX_ENTRIES: usize = 1000;
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+/// Tokens that failed verification remembered per worker (about 40 bytes each).
+pub const FAILED_ENTRIES: usize = 4096;
+/// Tokens deferred by the failed-auth budget remembered per worker (about 40 bytes each). A
+/// deferred token is recognised when retried before this many other deferrals on the worker.
+pub const DEFERRED_ENTRIES: usize = 8192;
 
 /// The cache key of a token: a hash of its last 32 bytes, the end of the signature. Only tokens
 /// whose signature verified enter the cache, and a hit is confirmed by comparing the whole token,
@@ -23,6 +34,13 @@ pub fn token_hash(token: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(tail);
     h.finish()
+}
+
+/// The key of a token in the failed and deferred memories: SipHash-1-3 of the whole token, keyed
+/// with the proxy's secret (so nobody can make a valid token collide with a forged one). Computed
+/// only for tokens not in the verified-token cache.
+pub fn whole_token_hash(secret: &[u8; 16], token: &str) -> u64 {
+    siphasher::sip::SipHasher13::new_with_key(secret).hash(token.as_bytes())
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +58,64 @@ struct Entry {
     bytes: usize,
 }
 
+/// A token that failed verification, and against which key set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    pub provider: usize,
+    pub generation: u64,
+    pub error: TokenError,
+}
+
+/// At most `capacity` keys, oldest (least recently touched) out first. Touching a key queues it
+/// again; stale queue entries are skipped on eviction, so the queue is bounded too.
+#[derive(Debug)]
+struct Recent<V> {
+    map: HashMap<u64, (V, u64)>,
+    queue: VecDeque<(u64, u64)>,
+    capacity: usize,
+    stamp: u64,
+}
+
+impl<V> Recent<V> {
+    fn new(capacity: usize) -> Recent<V> {
+        Recent {
+            map: HashMap::new(),
+            queue: VecDeque::new(),
+            capacity,
+            stamp: 0,
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<&V> {
+        self.map.get(&key).map(|(v, _)| v)
+    }
+
+    fn touch(&mut self, key: u64, value: V) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.queue.len() >= self.capacity {
+            let Some((old, stamp)) = self.queue.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|(_, s)| *s == stamp) {
+                self.map.remove(&old);
+            }
+        }
+        self.stamp += 1;
+        self.map.insert(key, (value, self.stamp));
+        self.queue.push_back((key, self.stamp));
+    }
+
+    fn remove(&mut self, key: u64) {
+        self.map.remove(&key);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 #[derive(Debug)]
 pub struct TokenCache {
     entries: HashMap<u64, Entry>,
@@ -47,6 +123,8 @@ pub struct TokenCache {
     max_entries: usize,
     max_bytes: usize,
     bytes: usize,
+    failed: Recent<Failed>,
+    deferred: Recent<()>,
 }
 
 impl TokenCache {
@@ -57,7 +135,40 @@ impl TokenCache {
             max_entries,
             max_bytes,
             bytes: 0,
+            failed: Recent::new(FAILED_ENTRIES),
+            deferred: Recent::new(DEFERRED_ENTRIES),
         }
+    }
+
+    /// How this token failed verification, if it did recently (`key`: its [`whole_token_hash`]).
+    pub fn failed(&self, key: u64) -> Option<&Failed> {
+        self.failed.get(key)
+    }
+
+    /// Remembers a token that failed verification for reasons that time cannot undo.
+    pub fn remember_failed(&mut self, key: u64, failed: Failed) {
+        self.deferred.remove(key);
+        self.failed.touch(key, failed);
+    }
+
+    /// The failed-auth budget deferred this token before.
+    pub fn was_deferred(&self, key: u64) -> bool {
+        self.deferred.get(key).is_some()
+    }
+
+    /// Remembers (again) that the budget deferred this token.
+    pub fn defer(&mut self, key: u64) {
+        self.deferred.touch(key, ());
+    }
+
+    /// The token is being verified: no longer waiting.
+    pub fn undefer(&mut self, key: u64) {
+        self.deferred.remove(key);
+    }
+
+    /// Entries of the failed and deferred memories.
+    pub fn remembered(&self) -> (usize, usize) {
+        (self.failed.len(), self.deferred.len())
     }
 
     pub fn len(&self) -> usize {

@@ -15,9 +15,8 @@
 //! can only make limiting stricter (it is counted when the slot was still in use by another
 //! identity).
 
+pub mod budget;
 pub mod store;
-
-use std::hash::{Hash, Hasher};
 
 use crate::policy::PrincipalPattern;
 
@@ -208,12 +207,25 @@ fn clamp(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// A stable 64-bit hash of an identity string (SipHash with fixed keys: the same in every
-/// worker VM, since all run the same module). Identities are never used raw as keys.
-pub fn identity_hash(identity: &str) -> u64 {
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x6d65_7368_6775_6172, 0x7261_7465_6c69_6d74);
-    identity.hash(&mut h);
+/// A 128-bit key for [`identity_hash`]: random per proxy (shared by its workers), so that nobody
+/// outside the proxy can tell which identities share a slot or aim at a chosen one.
+pub type SlotSecret = [u8; 16];
+
+/// The 64-bit hash of an identity string that chooses its slot: SipHash-2-4 keyed with the
+/// proxy's secret over the identity's bytes (the same in every worker VM of the proxy, since they
+/// share the secret). Identities are never used raw as keys.
+pub fn identity_hash(secret: &SlotSecret, identity: &str) -> u64 {
+    siphasher::sip::SipHasher24::new_with_key(secret).hash(identity.as_bytes())
+}
+
+/// A stable 64-bit hash with fixed, public keys, for names that must be the same in every proxy
+/// and are not chosen by clients (the shared-data keys of a JWKS source). Equal to what
+/// `std::hash::SipHasher` with these keys gave for a `&str`, so existing key names do not move.
+pub fn stable_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h =
+        siphasher::sip::SipHasher24::new_with_keys(0x6d65_7368_6775_6172, 0x7261_7465_6c69_6d74);
+    text.hash(&mut h);
     h.finish()
 }
 

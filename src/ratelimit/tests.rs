@@ -114,13 +114,13 @@ fn encoding_round_trips_and_garbage_reads_as_full() {
 }
 
 /// A store whose writes can be made to lose the race a number of times.
-struct Fake {
+pub(crate) struct Fake {
     map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    lose: RefCell<usize>,
+    pub(crate) lose: RefCell<usize>,
 }
 
 impl Fake {
-    fn with_slot(key: &str) -> Fake {
+    pub(crate) fn with_slot(key: &str) -> Fake {
         let map = HashMap::from([(key.to_string(), (Vec::new(), 1))]);
         Fake {
             map: RefCell::new(map),
@@ -185,13 +185,53 @@ fn colliding_identities_share_a_bucket_and_cannot_refill_it() {
     );
 }
 
+/// Known answers from an independent SipHash-2-4 (the reference algorithm written in Python;
+/// it reproduces the SipHash paper's vector below).
+#[test]
+fn identity_hash_is_keyed_siphash_2_4() {
+    let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+    // The paper's (Aumasson & Bernstein, appendix A) vector: key 00..0f, message 00..0e.
+    let message: String = (0u8..15).map(char::from).collect();
+    assert_eq!(identity_hash(&key, &message), 0xa129_ca61_49be_45e5);
+    assert_eq!(identity_hash(&key, ""), 0x726f_db47_dd0e_0e31);
+    assert_eq!(identity_hash(&key, "ip:10.0.0.1"), 0xe163_b5df_1689_b085);
+    assert_eq!(
+        identity_hash(&[0; 16], "ip:127.0.0.1"),
+        0x7000_7730_aa64_bb6f
+    );
+    // Another secret, another slot choice.
+    assert_ne!(
+        identity_hash(&[0; 16], "ip:10.0.0.1"),
+        identity_hash(&key, "ip:10.0.0.1")
+    );
+}
+
+/// The JWKS key names keep what the deprecated `std::hash::SipHasher` gave them.
+#[test]
+fn stable_hash_matches_the_std_siphasher_it_replaces() {
+    use std::hash::{Hash, Hasher};
+    for text in ["", "https://idp.example.com|http://idp/jwks|idp", "é"] {
+        #[allow(deprecated)]
+        let mut old =
+            std::hash::SipHasher::new_with_keys(0x6d65_7368_6775_6172, 0x7261_7465_6c69_6d74);
+        text.hash(&mut old);
+        assert_eq!(stable_hash(text), old.finish(), "{text}");
+    }
+}
+
 #[test]
 fn identity_hashes_are_stable_and_keys_bounded() {
-    assert_eq!(identity_hash("sub:alice"), identity_hash("sub:alice"));
-    assert_ne!(identity_hash("sub:alice"), identity_hash("sub:alicf"));
+    assert_eq!(
+        identity_hash(&[1; 16], "sub:alice"),
+        identity_hash(&[1; 16], "sub:alice")
+    );
+    assert_ne!(
+        identity_hash(&[1; 16], "sub:alice"),
+        identity_hash(&[1; 16], "sub:alicf")
+    );
     let l = limit(1, 1, 1);
     let keys: std::collections::HashSet<String> = (0..10_000)
-        .map(|i| slot_key("p", &l, identity_hash(&format!("ip:{i}"))))
+        .map(|i| slot_key("p", &l, identity_hash(&[1; 16], &format!("ip:{i}"))))
         .collect();
     assert_eq!(keys.len(), 8, "10,000 identities, 8 slots");
     assert!(keys.iter().all(|k| k.starts_with("meshguard/p/rl/l/")));
