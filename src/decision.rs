@@ -178,12 +178,29 @@ pub struct Forward {
     pub remove_headers: Vec<String>,
     /// Then set.
     pub set_headers: Vec<(String, String)>,
+    /// The verified token's meaning: its `upstream_headers` are set too (prebuilt once per
+    /// token, so a warm request copies nothing).
+    pub principal: Option<std::rc::Rc<crate::jwt::principal::Principal>>,
     /// A new `:path`: the request's without the query parameter the token came from.
     pub set_path: Option<String>,
     /// In dry-run mode: the answer enforcement would have given (log it, count it, forward).
     pub dry_run: Option<LocalReply>,
     /// Set on the upstream's response (remaining-quota headers).
     pub response_headers: Vec<(&'static str, String)>,
+}
+
+impl Forward {
+    /// Every header to set upstream: the peer's (`set_headers`), then the token's.
+    pub fn headers_to_set(&self) -> impl Iterator<Item = (&str, &str)> {
+        let token = self
+            .principal
+            .iter()
+            .flat_map(|p| p.upstream_headers.iter());
+        self.set_headers
+            .iter()
+            .chain(token)
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
 }
 
 /// The verified caller's identity keys, for logs (never the token, never other claims).

@@ -18,15 +18,15 @@ use crate::jwt::cache::{token_hash, whole_token_hash, Cached, Failed, TokenCache
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::extract::{extract, RequestError};
 use crate::jwt::jws::Claims;
+use crate::jwt::principal::Principal;
 use crate::jwt::verify::{check_binding, check_claims, verify, KeyLookup, Rejected, VerifiedToken};
 use crate::jwt::TokenError;
-use crate::policy::path::normalize;
+use crate::policy::path::normalized;
 use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
 use crate::ratelimit::budget::{self, Admission};
 use crate::ratelimit::store::{charge, BucketStore, Charge};
 use crate::ratelimit::{
-    identity_hash, slot_key, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, SlotSecret,
-    Verdict,
+    identity_hash, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, SlotSecret, Verdict,
 };
 use crate::request::RequestView;
 
@@ -38,6 +38,8 @@ pub struct Engine {
     pub plugin: String,
     /// The proxy's secret for slot choice and token memories (see [`identity_hash`]).
     secret: SlotSecret,
+    /// Per rate-limit policy: `meshguard/<plugin>/rl/<policy>/`, the prefix of its slot keys.
+    slot_prefixes: Vec<String>,
 }
 
 /// What the host needs besides the request: keys, the bucket store, the clock, and optionally
@@ -99,10 +101,17 @@ impl Engine {
     /// `secret`: 128 random bits, the same in every worker of the proxy (it keys slot choice and
     /// the per-worker token memories; see [`identity_hash`]).
     pub fn new(config: Config, plugin: &str, secret: SlotSecret) -> Engine {
+        let slot_prefixes = config.rate_limits.as_ref().map_or_else(Vec::new, |rl| {
+            rl.limits
+                .iter()
+                .map(|l| format!("meshguard/{plugin}/rl/{}/", l.name))
+                .collect()
+        });
         Engine {
             config,
             plugin: plugin.to_string(),
             secret,
+            slot_prefixes,
         }
     }
 
@@ -161,7 +170,7 @@ impl Engine {
             }
         }
 
-        let Ok(path) = normalize(req.path, policy.case_sensitive_paths) else {
+        let Ok(path) = normalized(req.path, policy.case_sensitive_paths) else {
             let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
             return self.finish(fwd, Err(refusal), None, policy.mode);
         };
@@ -217,11 +226,11 @@ impl Engine {
         fwd: &mut Forward,
         events: &mut Events,
     ) -> Result<(), Refusal> {
-        let claims = match route.token {
+        let principal = match route.token {
             TokenUse::None => None,
             TokenUse::Required | TokenUse::Optional => {
                 match self.authenticate(req, inputs, fwd, events)? {
-                    Some(claims) => Some(claims),
+                    Some(principal) => Some(principal),
                     None if route.token == TokenUse::Required => {
                         return Err(Refusal::new(Reason::MissingToken))
                     }
@@ -229,36 +238,33 @@ impl Engine {
                 }
             }
         };
-        let caller = claims.as_ref().map(|c| Box::new(Caller::from_claims(c)));
+        let principal = principal.as_deref();
+        let claims = principal.map(|p| &*p.claims);
+        // The caller's identity keys are copied only when a refusal is logged.
         let with_caller = |mut r: Refusal| {
-            r.caller = caller.clone();
+            r.caller = claims.map(|c| Box::new(Caller::from_claims(c)));
             r
         };
         if let Some(rl) = &self.config.rate_limits {
-            self.rate_limit(rl, req.peer, claims.as_deref(), route, inputs, fwd, events)
+            self.rate_limit(rl, req.peer, principal, route, inputs, fwd, events)
                 .map_err(with_caller)?;
         }
-        route
-            .require
-            .check(claims.as_deref(), req.peer)
-            .map_err(|d| {
-                with_caller(match d {
-                    Denial::TokenRequired => Refusal::new(Reason::MissingToken),
-                    Denial::InsufficientScope(scope) => Refusal {
-                        scope: Some(scope),
-                        ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
-                    },
-                    Denial::InsufficientPermissions => {
-                        Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
-                    }
-                    Denial::MtlsRequired => {
-                        Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired))
-                    }
-                    Denial::PeerNotAllowed => {
-                        Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
-                    }
-                })
+        route.require.check(claims, req.peer).map_err(|d| {
+            with_caller(match d {
+                Denial::TokenRequired => Refusal::new(Reason::MissingToken),
+                Denial::InsufficientScope(scope) => Refusal {
+                    scope: Some(scope),
+                    ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
+                },
+                Denial::InsufficientPermissions => {
+                    Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
+                }
+                Denial::MtlsRequired => Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired)),
+                Denial::PeerNotAllowed => {
+                    Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
+                }
             })
+        })
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
@@ -271,7 +277,7 @@ impl Engine {
         inputs: &Inputs<'_>,
         fwd: &mut Forward,
         events: &mut Events,
-    ) -> Result<Option<Rc<Claims>>, Refusal> {
+    ) -> Result<Option<Rc<Principal>>, Refusal> {
         let cfg = &self.config;
         let Some(credential) = extract(req, &cfg.token_sources)
             .map_err(|e| Refusal::new(Reason::InvalidRequest(e)))?
@@ -285,24 +291,67 @@ impl Engine {
         if token.len() > cfg.max_token_bytes {
             return Err(invalid(TokenError::TooLarge));
         }
-        let verified = match self.cached(inputs, token, sources) {
-            Some((provider, verified)) => {
+        let (provider, principal) = match self.cached(inputs, token, sources) {
+            Some((provider, index, principal)) => {
                 events.cache_hits += 1;
                 // Time and audience are judged again with the current clock.
-                check_claims(&verified.claims, provider, inputs.now_ns / 1_000_000_000)
+                check_claims(&principal.claims, provider, inputs.now_ns / 1_000_000_000)
                     .map_err(invalid)?;
-                verified
+                (index, principal)
             }
-            None => self.verify_fresh(req, inputs, token, sources, events)?,
+            None => {
+                let verified = self.verify_fresh(req, inputs, token, sources, events)?;
+                let principal = Rc::new(self.derive_principal(&verified));
+                if let Some(cache) = inputs.cache {
+                    let entry = Cached {
+                        provider: verified.provider,
+                        generation: inputs.keys.generation(verified.provider),
+                        principal: principal.clone(),
+                    };
+                    cache.borrow_mut().insert(token, token_hash(token), entry);
+                }
+                (verified.provider, principal)
+            }
         };
         let required = cfg
             .providers
-            .get(verified.provider)
+            .get(provider)
             .is_some_and(|p| p.require_certificate_binding);
-        check_binding(&verified.claims, required, || req.peer.certificate_sha256())
-            .map_err(invalid)?;
-        self.identity_headers(req, &verified, sources, fwd);
-        Ok(Some(verified.claims))
+        check_binding(&principal.claims, required, || {
+            req.peer.certificate_sha256()
+        })
+        .map_err(invalid)?;
+        self.consume_token(req, provider, sources, fwd);
+        fwd.principal = Some(principal.clone());
+        Ok(Some(principal))
+    }
+
+    /// What a verified token means here, derived once: its rate-limit identity and its upstream
+    /// headers (kept with it in the verified-token cache).
+    fn derive_principal(&self, verified: &VerifiedToken) -> Principal {
+        let cfg = &self.config;
+        let claims = &verified.claims;
+        let rate_identity = cfg.rate_limits.as_ref().and_then(|rl| {
+            rl.identity.iter().enumerate().find_map(|(pos, source)| {
+                claim_identity(source, claims).map(|id| (pos, identity_hash(&self.secret, &id)))
+            })
+        });
+        let mut upstream_headers = Vec::new();
+        if let Some(provider) = cfg.providers.get(verified.provider) {
+            for ch in &provider.claim_headers {
+                if let Some(v) = claims.get_path(&ch.claim).and_then(claim_header_value) {
+                    upstream_headers.push((ch.header.clone(), v));
+                }
+            }
+        }
+        if let Some(p) = principal(claims) {
+            upstream_headers.push((cfg.principal_header.clone(), p));
+        }
+        Principal {
+            claims: claims.clone(),
+            rate_identity,
+            upstream_headers,
+        }
     }
 
     /// The token's entry in this worker's verified-token cache, if it is still usable here.
@@ -311,21 +360,13 @@ impl Engine {
         inputs: &Inputs<'_>,
         token: &str,
         sources: &[usize],
-    ) -> Option<(&Provider, VerifiedToken)> {
+    ) -> Option<(&Provider, usize, Rc<Principal>)> {
         let cache = inputs.cache?.borrow();
         let hit = cache.get(token, token_hash(token))?;
         let provider = self.config.providers.get(hit.provider)?;
         let usable = provider.sources.iter().any(|s| sources.contains(s))
             && inputs.keys.generation(hit.provider) == hit.generation;
-        usable.then(|| {
-            (
-                provider,
-                VerifiedToken {
-                    provider: hit.provider,
-                    claims: hit.claims.clone(),
-                },
-            )
-        })
+        usable.then(|| (provider, hit.provider, hit.principal.clone()))
     }
 
     /// Verifies a token that is not in the verified-token cache. A token this worker saw fail
@@ -408,17 +449,7 @@ impl Engine {
             now_ns / 1_000_000_000,
         );
         match result {
-            Ok(verified) => {
-                if let Some((cache, _)) = memory {
-                    let entry = Cached {
-                        provider: verified.provider,
-                        generation: inputs.keys.generation(verified.provider),
-                        claims: verified.claims.clone(),
-                    };
-                    cache.borrow_mut().insert(token, token_hash(token), entry);
-                }
-                Ok(verified)
-            }
+            Ok(verified) => Ok(verified),
             Err(Rejected { error, provider }) => {
                 if error == TokenError::UnknownKey {
                     events.key_miss = provider;
@@ -477,22 +508,18 @@ impl Engine {
         &self,
         rl: &RateLimits,
         peer: &Peer,
-        claims: Option<&Claims>,
+        principal: Option<&Principal>,
         route: &Route,
         inputs: &Inputs<'_>,
         fwd: &mut Forward,
         events: &mut Events,
     ) -> Result<(), Refusal> {
+        let claims = principal.map(|p| &*p.claims);
         if is_exempt(rl, peer, claims) {
             return Ok(());
         }
-        let mut charges: Vec<(&Limit, u64)> = rl
-            .global
-            .iter()
-            .filter_map(|i| rl.limits.get(*i))
-            .map(|l| (l, 1))
-            .collect();
-        for r in &route.rate_limits {
+        let global = rl.global.iter().map(|i| (*i, 1));
+        let routed = route.rate_limits.iter().map(|r| {
             let index = match &r.choice {
                 LimitChoice::Fixed(i) => *i,
                 LimitChoice::Tier {
@@ -509,19 +536,19 @@ impl Engine {
                         .map_or(*default, |(_, i)| *i)
                 }
             };
-            if let Some(limit) = rl.limits.get(index) {
-                charges.push((limit, r.cost));
-            }
-        }
+            (index, r.cost)
+        });
         let mut tightest: Option<(&Limit, Verdict)> = None;
-        for (limit, cost) in charges {
-            let identity = match limit.key {
-                KeyKind::Global => "global".to_string(),
-                KeyKind::SourceIp => source_ip_identity(peer),
-                KeyKind::Identity => identity(rl, peer, claims),
+        for (index, cost) in global.chain(routed) {
+            let Some(limit) = rl.limits.get(index) else {
+                continue;
             };
-            let hash = identity_hash(&self.secret, &identity);
-            let key = slot_key(&self.plugin, limit, hash);
+            let hash = match limit.key {
+                KeyKind::Global => identity_hash(&self.secret, "global"),
+                KeyKind::SourceIp => identity_hash(&self.secret, &source_ip_identity(peer)),
+                KeyKind::Identity => self.identity(rl, peer, principal),
+            };
+            let key = self.slot_key(index, limit, hash);
             match charge(inputs.buckets, &key, limit, cost, inputs.now_ns, hash) {
                 Charge::Done { verdict, shared } => {
                     if shared {
@@ -556,16 +583,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Upstream header changes for an authenticated request.
-    fn identity_headers(
+    /// Removes the consumed token from what goes upstream (its header, or its query parameter
+    /// from `:path`), unless the provider forwards the original token.
+    fn consume_token(
         &self,
         req: &RequestView<'_>,
-        token: &VerifiedToken,
+        provider: usize,
         sources: &[usize],
         fwd: &mut Forward,
     ) {
         let cfg = &self.config;
-        let Some(provider) = cfg.providers.get(token.provider) else {
+        let Some(provider) = cfg.providers.get(provider) else {
             return;
         };
         if !provider.forward_original_token {
@@ -584,18 +612,6 @@ impl Engine {
             if !params.is_empty() {
                 fwd.set_path = req.path_without_params(&params);
             }
-        }
-        for ch in &provider.claim_headers {
-            if let Some(v) = token
-                .claims
-                .get_path(&ch.claim)
-                .and_then(claim_header_value)
-            {
-                fwd.set_headers.push((ch.header.clone(), v));
-            }
-        }
-        if let Some(p) = principal(&token.claims) {
-            fwd.set_headers.push((cfg.principal_header.clone(), p));
         }
     }
 }
@@ -621,32 +637,64 @@ fn lasting(error: TokenError) -> bool {
     )
 }
 
-/// The caller's rate-limit identity: the first configured source that is available, else the
-/// source IP. Prefixed by kind so that different kinds never share a bucket by accident.
-fn identity(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> String {
-    let iss = claims.and_then(|c| c.iss.as_deref()).unwrap_or_default();
-    let claim_str = |name: &str| claims.and_then(|c| c.all.get(name)).and_then(Value::as_str);
-    for source in &rl.identity {
-        let found = match source {
-            IdentitySource::ClientId => claim_str("client_id")
-                .or_else(|| claim_str("azp"))
-                .map(|v| format!("client:{iss}|{v}")),
-            IdentitySource::Subject => claim_str("sub").map(|v| format!("sub:{iss}|{v}")),
-            IdentitySource::Claim(path) => claims
-                .and_then(|c| c.get_path(path))
-                .and_then(claim_header_value)
-                .map(|v| format!("claim:{}:{iss}|{v}", path.join("."))),
-            IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
-            IdentitySource::CertificateSha256 => {
-                peer.certificate_sha256().map(|d| format!("cert:{d}"))
+impl Engine {
+    /// The slot hash of the caller's rate-limit identity: the first configured source that is
+    /// available, else the source IP. A token's claim-based identity was hashed once, when it
+    /// was verified ([`Principal::rate_identity`]); peer facts are read per request.
+    fn identity(&self, rl: &RateLimits, peer: &Peer, principal: Option<&Principal>) -> u64 {
+        let from_token = principal.and_then(|p| p.rate_identity);
+        for (pos, source) in rl.identity.iter().enumerate() {
+            let found = match source {
+                IdentitySource::ClientId | IdentitySource::Subject | IdentitySource::Claim(_) => {
+                    match from_token {
+                        Some((at, hash)) if at == pos => return hash,
+                        _ => None,
+                    }
+                }
+                IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
+                IdentitySource::CertificateSha256 => {
+                    peer.certificate_sha256().map(|d| format!("cert:{d}"))
+                }
+                IdentitySource::SourceIp => Some(source_ip_identity(peer)),
+            };
+            if let Some(id) = found {
+                return identity_hash(&self.secret, &id);
             }
-            IdentitySource::SourceIp => Some(source_ip_identity(peer)),
-        };
-        if let Some(id) = found {
-            return id;
+        }
+        identity_hash(&self.secret, &source_ip_identity(peer))
+    }
+
+    /// Shared-data key of a limit's slot: `meshguard/<plugin>/rl/<limit>/<slot>`, from the
+    /// limit's prefix built at configure time.
+    fn slot_key(&self, index: usize, limit: &Limit, hash: u64) -> String {
+        use std::fmt::Write as _;
+        let slot = hash % u64::from(limit.slots.max(1));
+        let prefix = self.slot_prefixes.get(index).map_or("", String::as_str);
+        let mut key = String::with_capacity(prefix.len() + 10);
+        key.push_str(prefix);
+        let _ = write!(key, "{slot}");
+        key
+    }
+}
+
+/// A token's rate-limit identity from one claim-based source, if it has that claim. Prefixed by
+/// kind so that different kinds never share a bucket by accident.
+fn claim_identity(source: &IdentitySource, claims: &Claims) -> Option<String> {
+    let iss = claims.iss.as_deref().unwrap_or_default();
+    let claim_str = |name: &str| claims.all.get(name).and_then(Value::as_str);
+    match source {
+        IdentitySource::ClientId => claim_str("client_id")
+            .or_else(|| claim_str("azp"))
+            .map(|v| format!("client:{iss}|{v}")),
+        IdentitySource::Subject => claim_str("sub").map(|v| format!("sub:{iss}|{v}")),
+        IdentitySource::Claim(path) => claims
+            .get_path(path)
+            .and_then(claim_header_value)
+            .map(|v| format!("claim:{}:{iss}|{v}", path.join("."))),
+        IdentitySource::SpiffeId | IdentitySource::CertificateSha256 | IdentitySource::SourceIp => {
+            None
         }
     }
-    source_ip_identity(peer)
 }
 
 /// `ip:<address without port>`.

@@ -242,7 +242,7 @@ impl Filter {
                 for name in &fwd.remove_headers {
                     let _ = abi::remove_header(map, name);
                 }
-                for (name, value) in &fwd.set_headers {
+                for (name, value) in fwd.headers_to_set() {
                     let _ = abi::set_header(map, name, value.as_bytes());
                 }
                 if let Some(path) = &fwd.set_path {

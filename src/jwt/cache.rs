@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use super::jws::Claims;
+use super::principal::Principal;
 use super::TokenError;
 
 pub const DEFAULT_MAX_ENTRIES: usize = 1000;
@@ -48,7 +48,7 @@ pub struct Cached {
     pub provider: usize,
     /// Generation of the provider's key set that verified the token.
     pub generation: u64,
-    pub claims: Rc<Claims>,
+    pub principal: Rc<Principal>,
 }
 
 #[derive(Debug)]
@@ -233,7 +233,7 @@ mod tests {
         Cached {
             provider,
             generation: 1,
-            claims: Rc::new(Claims::default()),
+            principal: Rc::new(Principal::default()),
         }
     }
 

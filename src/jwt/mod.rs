@@ -8,6 +8,7 @@ pub mod extract;
 pub mod json;
 pub mod jwks;
 pub mod jws;
+pub mod principal;
 pub mod verify;
 
 /// Signature algorithms meshguard verifies. Symmetric (`HS*`) and `none` are never accepted:

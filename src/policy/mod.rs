@@ -139,8 +139,9 @@ impl Policy {
     }
 }
 
-/// Lower-case, without port (`API.example.com:8443` → `api.example.com`; IPv6 brackets kept).
-pub fn normalize_host(authority: &str) -> String {
+/// Lower-case, without port (`API.example.com:8443` → `api.example.com`; IPv6 brackets kept):
+/// borrowed when nothing needs lower-casing.
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = match authority.rfind(':') {
         Some(i)
             if !authority.ends_with(']')
@@ -150,7 +151,12 @@ pub fn normalize_host(authority: &str) -> String {
         }
         _ => authority,
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 impl Route {

@@ -14,13 +14,24 @@
 //! 7. unless paths are configured case-sensitive, the result is lower-cased (route patterns are
 //!    lower-cased the same way).
 
+use std::borrow::Cow;
+
 /// Why a path cannot be matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidPath;
 
 pub fn normalize(raw: &str, case_sensitive: bool) -> Result<String, InvalidPath> {
+    normalized(raw, case_sensitive).map(Cow::into_owned)
+}
+
+/// [`normalize`], borrowing the request's own path when it is already normal (the usual case:
+/// nothing to decode, resolve or lower-case), so most requests copy nothing.
+pub fn normalized(raw: &str, case_sensitive: bool) -> Result<Cow<'_, str>, InvalidPath> {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
     let raw = raw.get(..end).unwrap_or_default();
+    if is_normal(raw, case_sensitive) {
+        return Ok(Cow::Borrowed(raw));
+    }
     if !raw.starts_with('/') {
         return Err(InvalidPath);
     }
@@ -47,7 +58,30 @@ pub fn normalize(raw: &str, case_sensitive: bool) -> Result<String, InvalidPath>
     if !case_sensitive {
         path.make_ascii_lowercase();
     }
-    Ok(path)
+    Ok(Cow::Owned(path))
+}
+
+/// True when `path` (without query) is its own normal form: starts with `/`; only bytes that
+/// need no decoding or refusing (no `%`, `\\`, `;`, control characters, and no upper-case
+/// ASCII unless case-sensitive); no empty, `.` or `..` segment; no trailing `/` but for `/`.
+fn is_normal(path: &str, case_sensitive: bool) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    if bytes.len() == 1 {
+        return true;
+    }
+    let clean = bytes.iter().all(|&b| {
+        !(b == b'%' || b == b'\\' || b == b';' || b.is_ascii_control())
+            && (case_sensitive || !b.is_ascii_uppercase())
+    });
+    clean
+        && path
+            .get(1..)
+            .unwrap_or_default()
+            .split('/')
+            .all(|seg| !matches!(seg, "" | "." | ".."))
 }
 
 fn decode_unreserved(raw: &str) -> Result<String, InvalidPath> {
@@ -100,6 +134,37 @@ mod tests {
 
     fn n(p: &str) -> Result<String, InvalidPath> {
         normalize(p, false)
+    }
+
+    #[test]
+    fn paths_already_normal_are_borrowed_and_the_rest_are_not() {
+        for (p, cs) in [
+            ("/", false),
+            ("/projects/42", false),
+            ("/A/b", true),
+            ("/x?q=1", false),
+        ] {
+            assert!(
+                matches!(normalized(p, cs), Ok(Cow::Borrowed(_))),
+                "{p} should be borrowed"
+            );
+        }
+        for (p, want) in [
+            ("/A", "/a"),
+            ("/a/", "/a"),
+            ("//a", "/a"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a;x=1", "/a"),
+            ("/%61", "/a"),
+            ("/a/..", "/"),
+        ] {
+            let got = normalized(p, false).unwrap();
+            assert!(matches!(got, Cow::Owned(_)), "{p} needs work");
+            assert_eq!(got, want, "{p}");
+        }
+        assert_eq!(normalized("x", false), Err(InvalidPath));
+        assert_eq!(normalized("/a\\b", false), Err(InvalidPath));
     }
 
     #[test]
