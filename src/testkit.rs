@@ -140,13 +140,37 @@ fn jwt_claims(v: Value) -> JWTClaims<Map<String, Value>> {
     }
 }
 
+/// The one configuration builder of unit tests: a document with one provider (issuer [`ISSUER`],
+/// `jwks` inline, as an object or a string) with `provider` merged into it, and `top` merged into
+/// the document. [`parse_config`] parses it as a plugin configuration.
+pub fn config_doc(jwks: Value, provider: Value, top: Value) -> Value {
+    let mut p = json!({"issuer": ISSUER, "jwks": jwks});
+    if let (Some(p), Value::Object(extra)) = (p.as_object_mut(), provider) {
+        p.extend(extra);
+    }
+    let mut doc = json!({ "providers": [p] });
+    if let (Some(d), Value::Object(top)) = (doc.as_object_mut(), top) {
+        d.extend(top);
+    }
+    doc
+}
+
+pub fn parse_config(doc: &Value) -> Result<Config, crate::config::ConfigError> {
+    Config::from_json(doc.to_string().as_bytes())
+}
+
 /// A configuration with one provider holding `jwks` inline, plus `extra` provider fields.
 pub fn config_with(jwks: &Value, extra: Value) -> Config {
-    let mut provider = json!({"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks.to_string()});
+    let mut provider = json!({"audiences": [AUDIENCE]});
     if let (Some(p), Value::Object(extra)) = (provider.as_object_mut(), extra) {
         p.extend(extra);
     }
-    Config::from_json(json!({ "providers": [provider] }).to_string().as_bytes()).unwrap()
+    parse_config(&config_doc(
+        Value::String(jwks.to_string()),
+        provider,
+        json!({}),
+    ))
+    .unwrap()
 }
 
 /// The token with its header edited (the signature no longer matches: for checks made before
@@ -158,24 +182,35 @@ pub fn rewrite_header(token: &str, edit: impl FnOnce(&mut Value)) -> String {
     format!("{}.{rest}", b64(&header.to_string()))
 }
 
-/// An in-memory compare-and-swap store with every slot of `engine` created.
-pub struct MemStore(std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>);
+/// The one fake bucket store of unit tests: an in-memory compare-and-swap map whose writes can be
+/// made to lose the race a number of times (`lose`: each lost write is someone else's write).
+pub struct MemStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    pub lose: std::cell::RefCell<usize>,
+}
 
 impl MemStore {
+    fn with_slots(keys: impl IntoIterator<Item = String>) -> MemStore {
+        MemStore {
+            map: std::cell::RefCell::new(keys.into_iter().map(|k| (k, (Vec::new(), 1))).collect()),
+            lose: std::cell::RefCell::new(0),
+        }
+    }
+
+    /// Every slot of `engine` created.
     pub fn for_engine(engine: &crate::engine::Engine) -> MemStore {
-        MemStore(std::cell::RefCell::new(
-            engine
-                .slot_keys()
-                .into_iter()
-                .map(|k| (k, (Vec::new(), 1)))
-                .collect(),
-        ))
+        MemStore::with_slots(engine.slot_keys())
+    }
+
+    /// One slot, `key`, created.
+    pub fn with_slot(key: &str) -> MemStore {
+        MemStore::with_slots([key.to_string()])
     }
 }
 
 impl crate::ratelimit::store::BucketStore for MemStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.0.borrow().get(key).cloned()
+        self.map.borrow().get(key).cloned()
     }
 
     fn set(
@@ -184,13 +219,20 @@ impl crate::ratelimit::store::BucketStore for MemStore {
         value: &[u8],
         cas: u32,
     ) -> Result<(), crate::ratelimit::store::CasMismatch> {
-        let mut map = self.0.borrow_mut();
-        match map.get_mut(key) {
-            Some(entry) if entry.1 == cas => {
-                *entry = (value.to_vec(), cas + 1);
-                Ok(())
-            }
-            _ => Err(crate::ratelimit::store::CasMismatch),
+        let mut lose = self.lose.borrow_mut();
+        let mut map = self.map.borrow_mut();
+        let entry = map
+            .get_mut(key)
+            .ok_or(crate::ratelimit::store::CasMismatch)?;
+        if *lose > 0 {
+            *lose -= 1;
+            entry.1 += 1; // someone else wrote
+            return Err(crate::ratelimit::store::CasMismatch);
         }
+        if entry.1 != cas {
+            return Err(crate::ratelimit::store::CasMismatch);
+        }
+        *entry = (value.to_vec(), cas + 1);
+        Ok(())
     }
 }

@@ -3,7 +3,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
 )]
 
 mod common;
@@ -227,7 +228,18 @@ fn one_jwks_fetch_per_refresh_for_the_whole_proxy_and_both_workers_verify() {
         assert!(h.join().unwrap().iter().all(|s| *s == 200));
     }
 
-    thread::sleep(Duration::from_secs(3 * refresh) + Duration::from_millis(500));
+    // Watch three refresh intervals go by; a fetch per worker shows as soon as it exceeds the
+    // bound, and ends the watch early.
+    let window = Duration::from_secs(3 * refresh) + Duration::from_millis(500);
+    eventually(
+        "three refresh intervals",
+        window + Duration::from_secs(5),
+        || {
+            let during = s.idp.fetches() - before;
+            let max = (start.elapsed().as_secs_f64() / refresh as f64).floor() as usize + 1;
+            during > max || start.elapsed() >= window
+        },
+    );
     let elapsed = start.elapsed().as_secs_f64();
     let during = s.idp.fetches() - before;
     // One fetch per refresh interval for the proxy (not one per worker): at most one extra

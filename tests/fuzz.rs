@@ -1,6 +1,7 @@
 //! Property-based fuzzing (proptest, a fixed number of cases so `make test` stays bounded) of the
 //! inputs an attacker or a typo controls: plugin configuration and tokens. The property: never a
-//! panic, and garbage is never accepted.
+//! panic, and garbage is never accepted. A failing case's seed is saved in
+//! `tests/fuzz.proptest-regressions` (commit it) and replayed first on every later run.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,6 +16,7 @@ use meshguard::jwt::jwks::KeySet;
 use meshguard::jwt::verify::{verify, KeyLookup};
 use meshguard::jwt::{jws, Algorithm};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Value};
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -93,7 +95,7 @@ impl KeyLookup for Keys {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))), ..ProptestConfig::default() })]
 
     #[test]
     fn config_parsing_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {

@@ -22,16 +22,12 @@ fn engine(
     provider_extra: serde_json::Value,
     top: serde_json::Value,
 ) -> (Engine, Inline) {
-    let mut provider = json!({"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks()});
+    let mut provider = json!({"audiences": [AUDIENCE]});
     provider
         .as_object_mut()
         .unwrap()
         .extend(provider_extra.as_object().unwrap().clone());
-    let mut cfg = json!({ "providers": [provider] });
-    cfg.as_object_mut()
-        .unwrap()
-        .extend(top.as_object().unwrap().clone());
-    let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+    let config = parse_config(&config_doc(keys.jwks(), provider, top)).unwrap();
     let sets = config.inline_keys();
     (Engine::new(config, "test", [7u8; 16]), Inline(sets))
 }

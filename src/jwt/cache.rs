@@ -245,9 +245,31 @@ mod tests {
             token_hash(&format!("h.p2.{sig}"))
         );
         assert_ne!(token_hash(&format!("h.p.{sig}")), token_hash("h.p.AAAA"));
-        // Short tokens and multi-byte characters at the cut do not panic.
-        assert_eq!(token_hash("x"), token_hash("x"));
-        let _ = token_hash(&("é".repeat(40)));
+        // Short tokens are hashed whole; the cut is on bytes, even inside a multi-byte character
+        // (80 bytes of `é`: the last 32 are 16 `é`, whatever comes before).
+        assert_ne!(token_hash("x"), token_hash("y"));
+        assert_eq!(
+            token_hash(&"é".repeat(40)),
+            token_hash(&format!("a{}", "é".repeat(16)))
+        );
+        assert_ne!(token_hash(&"é".repeat(40)), token_hash(&"é".repeat(15)));
+    }
+
+    /// Known answers from an independent SipHash-1-3 (the reference algorithm written in Python,
+    /// checked against the SipHash paper's 2-4 vector; with a zero key it agrees with CPython's
+    /// `hash(b"h.p.s")` under `PYTHONHASHSEED=0`).
+    #[test]
+    fn whole_token_hash_is_keyed_siphash_1_3() {
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(whole_token_hash(&key, ""), 0xabac_0158_050f_c4dc);
+        let message: String = (0u8..15).map(char::from).collect();
+        assert_eq!(whole_token_hash(&key, &message), 0xd320_d86d_2a51_9956);
+        assert_eq!(whole_token_hash(&key, "h.p.s"), 0x80fa_7a10_8b9c_6077);
+        assert_eq!(whole_token_hash(&[0; 16], "h.p.s"), 0xf5dc_974a_73a8_d5c1);
+        assert_eq!(
+            whole_token_hash(&[7; 16], "eyJhbGciOiJFZERTQSJ9.e30.c2ln"),
+            0x247f_48db_c89b_1f54
+        );
     }
 
     #[test]

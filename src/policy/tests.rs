@@ -3,26 +3,17 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::Config;
 use crate::identity::PeerInfo;
-use crate::testkit::{TestKeys, ISSUER};
+use crate::testkit::{config_doc, parse_config, TestKeys, ISSUER};
 
 fn policy(top: Value) -> Policy {
-    let mut cfg = json!({"providers": [{"issuer": ISSUER, "jwks": TestKeys::new().jwks()}]});
-    cfg.as_object_mut()
-        .unwrap()
-        .extend(top.as_object().unwrap().clone());
-    Config::from_json(cfg.to_string().as_bytes())
+    parse_config(&config_doc(TestKeys::new().jwks(), json!({}), top))
         .unwrap()
         .policy
 }
 
 fn config_err(top: Value) -> String {
-    let mut cfg = json!({"providers": [{"issuer": ISSUER, "jwks": TestKeys::new().jwks()}]});
-    cfg.as_object_mut()
-        .unwrap()
-        .extend(top.as_object().unwrap().clone());
-    Config::from_json(cfg.to_string().as_bytes())
+    parse_config(&config_doc(TestKeys::new().jwks(), json!({}), top))
         .unwrap_err()
         .to_string()
 }

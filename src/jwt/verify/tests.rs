@@ -209,12 +209,7 @@ fn audience_any_of_string_or_array() {
 #[test]
 fn no_configured_audience_means_audience_is_not_checked() {
     let keys = TestKeys::new();
-    let cfg = crate::config::Config::from_json(
-        json!({"providers": [{"issuer": ISSUER, "jwks": keys.jwks()}]})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
+    let cfg = parse_config(&config_doc(keys.jwks(), json!({}), json!({}))).unwrap();
     let crate::config::KeySource::Inline(set) = &cfg.providers[0].keys else {
         unreachable!()
     };

@@ -1,8 +1,8 @@
 //! The failed-auth slot with an explicit clock, against the fake compare-and-swap store.
 
 use super::*;
-use crate::ratelimit::tests::Fake;
 use crate::ratelimit::KeyKind;
+use crate::testkit::MemStore;
 
 const SEC: u64 = 1_000_000_000;
 const T0: u64 = 1_800_000_000 * SEC;
@@ -19,7 +19,7 @@ fn policy() -> Limit {
     }
 }
 
-fn spent(store: &Fake, fp: u32, at: u64) {
+fn spent(store: &MemStore, fp: u32, at: u64) {
     for _ in 0..2 {
         assert!(record_failure(store, "k", &policy(), fp, at));
     }
@@ -78,7 +78,7 @@ fn fingerprints_are_never_the_empty_place() {
 
 #[test]
 fn a_spent_budget_defers_new_tokens_from_listed_sources_and_serves_their_retries() {
-    let (l, store) = (policy(), Fake::with_slot("k"));
+    let (l, store) = (policy(), MemStore::with_slot("k"));
     let flooder = 11;
     for _ in 0..2 {
         assert_eq!(
@@ -118,7 +118,7 @@ fn a_spent_budget_defers_new_tokens_from_listed_sources_and_serves_their_retries
 
 #[test]
 fn a_newcomer_on_a_spent_slot_is_verified_not_refused() {
-    let (l, store) = (policy(), Fake::with_slot("k"));
+    let (l, store) = (policy(), MemStore::with_slot("k"));
     spent(&store, 11, T0);
     assert!(matches!(
         admit(&store, "k", &l, 11, false, T0),
@@ -135,7 +135,7 @@ fn a_newcomer_on_a_spent_slot_is_verified_not_refused() {
 
 #[test]
 fn missing_slots_admit_and_lost_races_refuse() {
-    let (l, store) = (policy(), Fake::with_slot("k"));
+    let (l, store) = (policy(), MemStore::with_slot("k"));
     assert_eq!(admit(&store, "nope", &l, 1, false, T0), Admission::Budget);
     assert!(!record_failure(&store, "nope", &l, 1, T0));
     spent(&store, 1, T0);
@@ -154,7 +154,7 @@ fn missing_slots_admit_and_lost_races_refuse() {
 /// it and however they retry.
 #[test]
 fn signature_checks_per_slot_stay_within_budget_plus_trickle() {
-    let (l, store) = (policy(), Fake::with_slot("k"));
+    let (l, store) = (policy(), MemStore::with_slot("k"));
     let seconds = 120;
     let mut checks = 0u64;
     let mut n = 0u32;
