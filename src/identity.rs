@@ -1,4 +1,5 @@
-//! Who is calling at the transport level: the mTLS peer and its SPIFFE identity.
+//! Who is calling at the transport level: the mTLS peer, its SPIFFE identity, and the patterns
+//! (`spiffe://td/ns/*/sa/**`) that policies and rate-limit exemptions match it against.
 
 use std::cell::OnceCell;
 
@@ -205,6 +206,37 @@ impl PeerField {
             "certificateSha256" => PeerField::CertificateSha256,
             _ => return None,
         })
+    }
+}
+
+/// A SPIFFE ID pattern split on `/` after `spiffe://`; `None` is `*` (one segment); a final
+/// `**` matches any remaining segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalPattern {
+    pub segments: Vec<Option<String>>,
+    pub rest: bool,
+}
+
+impl PrincipalPattern {
+    pub fn matches(&self, spiffe_id: &str) -> bool {
+        let Some(rest) = spiffe_id.strip_prefix("spiffe://") else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (_, None) => return false,
+                (_, Some("")) => return false,
+                (None, Some(_)) => {}
+                (Some(lit), Some(got)) if lit == got => {}
+                _ => return false,
+            }
+        }
+        if self.rest {
+            parts.next().is_some_and(|p| !p.is_empty())
+        } else {
+            parts.next().is_none()
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub mod ratelimit;
 pub mod request;
 pub mod wire;
 
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod module_graph;
 #[cfg(test)]
 mod testkit;
 

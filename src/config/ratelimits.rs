@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{claim_path, ConfigError};
+use super::validate::{claim_path, duration_ns, is_short_name, principal, DURATION_FORMS};
+use super::ConfigError;
 use crate::ratelimit::{IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, RouteLimit};
 
 pub const DEFAULT_SLOTS: u32 = 4096;
@@ -96,71 +97,6 @@ struct RawTier {
     default: String,
 }
 
-/// The duration forms accepted, for error messages.
-pub const DURATION_FORMS: &str =
-    "a duration: one or more <number><unit> with unit ns, us, ms, s, m, h or d, \
-     the number a whole or decimal (at most 9 decimals), e.g. \"1s\", \"15m\", \"1m30s\" \
-     (Go/Istio), \"1.5s\" (protobuf JSON), \"500ms\", \"2h\", \"1d\"";
-
-/// Parses a duration into nanoseconds: one or more `<number><unit>` terms, as Go's
-/// `time.ParseDuration` (Istio) writes them (`1m30s`, `1.5h`, `500ms`), which includes the
-/// protobuf JSON form of `google.protobuf.Duration` (`1.5s`, `30s`), plus meshguard's `d` (day).
-/// Signs, spaces, empty or unit-less numbers and more than 9 decimals are refused; `None` also
-/// when the total does not fit in a `u64` of nanoseconds.
-pub(super) fn duration_ns(s: &str) -> Option<u64> {
-    let mut rest = s;
-    let mut total: u128 = 0;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let int_len = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (int, after) = rest.split_at(int_len);
-        let (frac, after) = match after.strip_prefix('.') {
-            Some(a) => {
-                let n = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
-                if n == 0 {
-                    return None; // "1.s": a dot without decimals
-                }
-                a.split_at(n)
-            }
-            None => ("", after),
-        };
-        if (int.is_empty() && frac.is_empty()) || frac.len() > 9 || int.len() > 20 {
-            return None;
-        }
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let unit_ns: u128 = match unit {
-            "ns" => 1,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            _ => return None,
-        };
-        let whole: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let mut part = whole.checked_mul(unit_ns)?;
-        if !frac.is_empty() {
-            let digits: u128 = frac.parse().ok()?;
-            let scale = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
-            part = part.checked_add(digits.checked_mul(unit_ns)? / scale)?;
-        }
-        total = total.checked_add(part)?;
-        if total > u128::from(u64::MAX) {
-            return None;
-        }
-        rest = next;
-    }
-    u64::try_from(total).ok()
-}
-
 pub(super) fn rate_limits(
     raw: RawRateLimits,
     roles_claim: Vec<String>,
@@ -176,7 +112,7 @@ pub(super) fn rate_limits(
     let mut total_slots = 0u64;
     for (name, l) in raw.policies {
         let p = |f: &str| at(&format!("policies.{name}.{f}"));
-        if !super::is_short_name(&name) {
+        if !is_short_name(&name) {
             return Err(ConfigError::new(
                 at(&format!("policies.{name}")),
                 "a policy name is 1-32 characters of [a-z0-9_-]",
@@ -288,10 +224,7 @@ pub(super) fn rate_limits(
         Some(e) => {
             let mut principals = Vec::new();
             for (i, p) in e.principals.iter().enumerate() {
-                principals.push(super::routes::principal(
-                    &at(&format!("exempt.principals[{i}]")),
-                    p,
-                )?);
+                principals.push(principal(&at(&format!("exempt.principals[{i}]")), p)?);
             }
             (e.roles, principals)
         }
@@ -394,74 +327,4 @@ pub(super) fn route_limits(
         out.push(RouteLimit { choice, cost });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::duration_ns;
-
-    const S: u64 = 1_000_000_000;
-
-    #[test]
-    fn durations_in_the_forms_used_until_now() {
-        assert_eq!(duration_ns("15m"), Some(900 * S));
-        assert_eq!(duration_ns("1s"), Some(S));
-        assert_eq!(duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(duration_ns("2h"), Some(7_200 * S));
-        assert_eq!(duration_ns("1d"), Some(86_400 * S));
-    }
-
-    #[test]
-    fn durations_in_go_istio_and_protobuf_json_forms() {
-        let cases = [
-            ("1m30s", 90 * S),
-            ("1h30m", 5_400 * S),
-            ("2h45m30s", 9_930 * S),
-            ("1d12h", 129_600 * S),
-            ("1.5s", 1_500_000_000),
-            ("0.25s", 250_000_000),
-            (".5s", 500_000_000),
-            ("1.5h", 5_400 * S),
-            ("30.000000001s", 30 * S + 1),
-            ("1s500ms", 1_500_000_000),
-            ("100us", 100_000),
-            ("100\u{b5}s", 100_000),
-            ("7ns", 7),
-            ("0.000001ms", 1),
-        ];
-        for (text, ns) in cases {
-            assert_eq!(duration_ns(text), Some(ns), "{text}");
-        }
-    }
-
-    #[test]
-    fn malformed_or_overflowing_durations_are_refused() {
-        for bad in [
-            "",
-            "m",
-            "1",
-            "1w",
-            "-1s",
-            "+1s",
-            "1 s",
-            " 1s",
-            "1s ",
-            "1.s",
-            ".s",
-            "1..5s",
-            "1.5",
-            "1m30",
-            "1.0000000001s",
-            "1S",
-            "1sec",
-            "99999999999999999999d",
-            "213504d",
-            "18446744073709551616ns",
-            "18446744073s18446744073s",
-        ] {
-            assert_eq!(duration_ns(bad), None, "{bad:?}");
-        }
-        // The largest that fits: u64::MAX ns.
-        assert_eq!(duration_ns("18446744073709551615ns"), Some(u64::MAX));
-    }
 }

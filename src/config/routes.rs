@@ -5,11 +5,13 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{claim_path, header_token, ConfigError, Provider};
+use super::validate::{claim_path, header_token, principal};
+use super::ConfigError;
+use crate::jwt::provider::Provider;
 use crate::policy::path::normalize;
 use crate::policy::{
-    ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, PrincipalPattern,
-    Requirements, RoleRequirement, Route, TokenUse, Unmatched,
+    ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, Requirements,
+    RoleRequirement, Route, TokenUse, Unmatched,
 };
 use crate::ratelimit::RateLimits;
 
@@ -417,33 +419,4 @@ fn requirements(
     }
     req.issuers = r.issuers;
     Ok(req)
-}
-
-/// `spiffe://td/ns/x/sa/*` or Istio's `td/ns/x/sa/*`; `*` alone matches any SPIFFE ID.
-pub(super) fn principal(at: &str, s: &str) -> Result<PrincipalPattern, ConfigError> {
-    if s == "*" {
-        return Ok(PrincipalPattern {
-            segments: Vec::new(),
-            rest: true,
-        });
-    }
-    let body = s.strip_prefix("spiffe://").unwrap_or(s);
-    let parts: Vec<&str> = body.split('/').collect();
-    let mut segments = Vec::new();
-    let mut rest = false;
-    for (k, p) in parts.iter().enumerate() {
-        match *p {
-            "" => return Err(ConfigError::new(at, "empty segment")),
-            "**" if k + 1 == parts.len() => rest = true,
-            "*" => segments.push(None),
-            p if p.contains('*') => {
-                return Err(ConfigError::new(
-                    at,
-                    "a wildcard must be a whole segment: * or a final **",
-                ))
-            }
-            p => segments.push(Some(p.to_string())),
-        }
-    }
-    Ok(PrincipalPattern { segments, rest })
 }

@@ -2,8 +2,17 @@
 //! (`Authorization: Bearer …` by default, scheme compared case-insensitively) and query
 //! parameters. A request that carries more than one credential is malformed (RFC 6750 §3.1).
 
-use crate::config::TokenSource;
 use crate::request::RequestView;
+
+/// A place a credential may be found (the configuration lists them once over all providers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A request header (lower-case name) whose value starts with `prefix` (compared
+    /// case-insensitively); the rest of the value is the token.
+    Header { name: String, prefix: String },
+    /// A query parameter.
+    Param { name: String },
+}
 
 /// The token found, and every configured source that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

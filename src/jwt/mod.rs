@@ -1,6 +1,7 @@
 //! JSON Web Tokens: where a credential is found ([`extract`]), how a compact JWS is parsed
 //! ([`jws`]), how a JWKS becomes verification keys ([`jwks`]) and how a token is verified
-//! against a provider with an explicit `now` ([`verify`]).
+//! against a provider ([`provider`]: built by the configuration) with an explicit `now`
+//! ([`verify`]).
 
 pub mod cache;
 pub mod crypto;
@@ -9,6 +10,7 @@ pub mod json;
 pub mod jwks;
 pub mod jws;
 pub mod principal;
+pub mod provider;
 pub mod verify;
 
 /// Signature algorithms meshguard verifies. Symmetric (`HS*`) and `none` are never accepted:

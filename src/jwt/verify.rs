@@ -9,8 +9,8 @@ use std::rc::Rc;
 use super::crypto::HostCrypto;
 use super::jwks::{KeySelectError, KeySet, SignatureCheck};
 use super::jws::{self, Claims};
+use super::provider::Provider;
 use super::{Algorithm, TokenError};
-use crate::config::Provider;
 
 /// Where the verification keys of each provider are (the host keeps them per worker).
 pub trait KeyLookup {

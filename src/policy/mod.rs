@@ -4,6 +4,8 @@ pub mod path;
 
 use serde_json::Value;
 
+pub use crate::identity::PrincipalPattern;
+
 use crate::identity::Peer;
 use crate::jwt::jws::Claims;
 
@@ -110,14 +112,6 @@ pub struct PeerRequirement {
     pub namespaces: Vec<String>,
 }
 
-/// A SPIFFE ID pattern split on `/` after `spiffe://`; `None` is `*` (one segment); a final
-/// `**` matches any remaining segments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrincipalPattern {
-    pub segments: Vec<Option<String>>,
-    pub rest: bool,
-}
-
 /// Why authorization failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -203,29 +197,6 @@ impl PathPattern {
                     parts.next().is_none()
                 }
             }
-        }
-    }
-}
-
-impl PrincipalPattern {
-    pub fn matches(&self, spiffe_id: &str) -> bool {
-        let Some(rest) = spiffe_id.strip_prefix("spiffe://") else {
-            return false;
-        };
-        let mut parts = rest.split('/');
-        for seg in &self.segments {
-            match (seg, parts.next()) {
-                (_, None) => return false,
-                (_, Some("")) => return false,
-                (None, Some(_)) => {}
-                (Some(lit), Some(got)) if lit == got => {}
-                _ => return false,
-            }
-        }
-        if self.rest {
-            parts.next().is_some_and(|p| !p.is_empty())
-        } else {
-            parts.next().is_none()
         }
     }
 }

@@ -18,7 +18,7 @@
 pub mod budget;
 pub mod store;
 
-use crate::policy::PrincipalPattern;
+use crate::identity::PrincipalPattern;
 
 /// Where an identity comes from, in the configured order; the source IP is always the last resort.
 #[derive(Debug, Clone, PartialEq, Eq)]
