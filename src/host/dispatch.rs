@@ -12,14 +12,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::abi::{self, LogLevel};
-use super::filter::Filter;
-use super::root::Root;
+use std::rc::Rc;
 
-/// `FilterHeadersStatus` / `FilterDataStatus` / `FilterTrailersStatus` values.
-pub const CONTINUE: u32 = 0;
-/// Headers: `StopIteration`; trailers: `StopIteration`; data: `StopIterationAndBuffer`.
-pub const STOP: u32 = 1;
+use super::abi::{self, LogLevel};
+use super::filter::{Filter, CONTINUE, STOP};
+use super::root::Root;
+use super::worker::Worker;
 
 #[derive(Default)]
 struct Contexts {
@@ -108,7 +106,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
     with_table(|t| {
         if parent == 0 {
-            t.roots.insert(id, Root::new(id));
+            t.roots.insert(id, Root::new());
         } else if let Some(worker) = t.roots.get(&parent).and_then(Root::worker) {
             t.filters.insert(id, Filter::new(worker, id));
         }
@@ -128,13 +126,22 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
-    with_root(root, Root::on_tick);
+    if let Some((worker, now)) = with_root(root, Root::on_tick).flatten() {
+        retry_waiting(root, &worker, now);
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end: u32) -> u32 {
-    match with_filter(id, Filter::on_request_headers) {
-        Some(status) => status,
+    let judged = with_filter(id, |f| (f.on_request_headers(), f.pending_call()));
+    match judged {
+        Some((status, call)) => {
+            if let Some(token) = call {
+                // The host delivers the answer to the root context: route it to this request.
+                with_table(|t| t.callouts.insert(token, id));
+            }
+            status
+        }
         None => {
             // A request meshguard cannot judge is refused, never passed.
             super::log(
@@ -193,7 +200,11 @@ pub extern "C" fn proxy_on_http_call_response(
             }
         }
         None => {
-            with_root(id, |r| r.on_http_call_response(&answer));
+            if let Some((worker, now)) =
+                with_root(id, |r| r.on_http_call_response(&answer)).flatten()
+            {
+                retry_waiting(id, &worker, now);
+            }
         }
     }
 }
@@ -215,10 +226,14 @@ pub extern "C" fn proxy_on_delete(id: u32) {
     }
 }
 
-/// Called by root context `root` (from its timer or a fetch answer): gives each waiting request
-/// another look, acting on that request's stream, then makes the root current again. Returns the
-/// requests still waiting.
-pub fn retry_waiting(root: u32, waiting: Vec<u32>, now_ms: u64) -> Vec<u32> {
+/// After root context `root`'s timer or fetch answer: gives each request waiting for first keys
+/// another look, acting on that request's stream, then makes the root current again and lets it
+/// set its timer for the requests still waiting.
+fn retry_waiting(root: u32, worker: &Rc<Worker>, now_ms: u64) {
+    let waiting = std::mem::take(&mut *worker.waiting.borrow_mut());
+    if waiting.is_empty() {
+        return;
+    }
     let mut still = Vec::new();
     for id in waiting {
         if abi::set_effective_context(id).is_err() {
@@ -229,10 +244,6 @@ pub fn retry_waiting(root: u32, waiting: Vec<u32>, now_ms: u64) -> Vec<u32> {
         }
     }
     let _ = abi::set_effective_context(root);
-    still
-}
-
-/// Routes the answer to HTTP call `token` to HTTP context `context` (see `Contexts::callouts`).
-pub fn expect_answer(token: u32, context: u32) {
-    with_table(|t| t.callouts.insert(token, context));
+    worker.waiting.borrow_mut().extend(still);
+    with_root(root, Root::adjust_tick);
 }

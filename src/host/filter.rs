@@ -24,10 +24,14 @@ use crate::request::RequestView;
 
 use super::abi::{self, LogLevel, MapType};
 use super::buckets::SharedData;
-use super::dispatch::{self, CONTINUE, STOP};
 use super::jwks::{self, Answer};
-use super::root::{Worker, MAX_WAITING};
+use super::worker::{Worker, MAX_WAITING};
 use super::{log, log_enabled, now_ns};
+
+/// `FilterHeadersStatus` / `FilterDataStatus` / `FilterTrailersStatus` values.
+pub const CONTINUE: u32 = 0;
+/// Headers: `StopIteration`; trailers: `StopIteration`; data: `StopIterationAndBuffer`.
+pub const STOP: u32 = 1;
 
 /// Extra wait beyond `jwksTimeoutMs` for the timer that gives waiting requests another look.
 const WAIT_MARGIN_MS: u64 = 250;
@@ -54,6 +58,11 @@ impl Filter {
         }
     }
 
+    /// The HTTP call this request waits for (its answer is to be routed here).
+    pub fn pending_call(&self) -> Option<u32> {
+        self.refetch.map(|(token, _, _)| token)
+    }
+
     /// True while the request waits for keys (its body and trailers must wait too).
     pub fn holding(&self) -> bool {
         self.refetch.is_some() || self.waiting.is_some()
@@ -73,7 +82,6 @@ impl Filter {
                         "meshguard: unknown kid: refetching the JWKS; the request waits",
                     );
                     self.refetch = Some((token, index, lease));
-                    dispatch::expect_answer(token, self.id);
                     return STOP;
                 }
             }

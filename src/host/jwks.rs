@@ -11,7 +11,7 @@ use crate::jwt::Algorithm;
 use super::abi::{self, BufferType, HostError, LogLevel, MapType};
 use super::keys::read_meta;
 use super::log;
-use super::root::Worker;
+use super::worker::Worker;
 
 /// What `proxy_on_http_call_response` reported.
 #[derive(Debug, Clone, Copy)]

@@ -14,6 +14,10 @@
 //! - [`buckets`]: rate-limit buckets in shared data.
 //! - [`crypto`]: Envoy's BoringSSL `verify_signature` foreign function.
 //! - [`secret`]: the per-proxy random secret that keys rate-limit slot hashing.
+//! - [`worker`]: what the HTTP contexts of one configuration on one worker share.
+//!
+//! Layers, top to bottom (no cycles): `dispatch` → `root`, `filter` → `jwks`, `worker` → `keys`,
+//! `metrics`, `buckets`, `crypto`, `secret` → `abi`.
 
 mod abi;
 mod buckets;
@@ -25,6 +29,7 @@ mod keys;
 mod metrics;
 mod root;
 mod secret;
+mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -15,10 +15,10 @@ use crate::jwt::cache::TokenCache;
 use super::abi::{self, BufferType, LogLevel};
 use super::buckets::create_slots;
 use super::crypto::BoringSsl;
-use super::dispatch;
 use super::jwks::{self, Answer};
 use super::keys::{read_meta, WorkerKeys};
 use super::metrics::Metrics;
+use super::worker::Worker;
 use super::{log, now_ms, secret, set_log_level};
 
 /// Tick while requests wait for first keys, while some remote provider has no keys yet, and once
@@ -28,22 +28,7 @@ const FAST_TICK_MS: u32 = 200;
 /// Also what flushes the batched counters.
 const SLOW_TICK_MS: u32 = 1000;
 
-/// At most this many requests per worker wait for first keys; more are answered at once.
-pub const MAX_WAITING: usize = 1024;
-
-/// What every HTTP context of this configuration on this worker shares.
-pub struct Worker {
-    pub engine: Engine,
-    pub keys: RefCell<WorkerKeys>,
-    pub metrics: Metrics,
-    pub cache: RefCell<TokenCache>,
-    pub crypto: BoringSsl,
-    /// HTTP contexts waiting for a provider's first keys.
-    pub waiting: RefCell<Vec<u32>>,
-}
-
 pub struct Root {
-    id: u32,
     worker: Option<Rc<Worker>>,
     /// In-flight JWKS fetches: call token → provider index and the lease taken for it.
     pending: HashMap<u32, (usize, Lease)>,
@@ -51,9 +36,8 @@ pub struct Root {
 }
 
 impl Root {
-    pub fn new(id: u32) -> Root {
+    pub fn new() -> Root {
         Root {
-            id,
             worker: None,
             pending: HashMap::new(),
             tick_ms: 0,
@@ -123,9 +107,11 @@ impl Root {
         true
     }
 
-    pub fn on_tick(&mut self) {
+    /// The timer: flush counters, pick up shared keys, start due fetches. Returns the worker and
+    /// the time when requests wait for first keys, for the caller to give them another look.
+    pub fn on_tick(&mut self) -> Option<(Rc<Worker>, u64)> {
         let (Some(worker), Some(now)) = (self.worker.clone(), now_ms()) else {
-            return;
+            return None;
         };
         worker.metrics.flush();
         worker
@@ -148,32 +134,23 @@ impl Root {
                 self.pending.insert(token, (i, lease));
             }
         }
-        self.retry_waiting(&worker, now);
         self.adjust_tick();
+        Some((worker, now))
     }
 
-    /// `None` when the call is not one of this root's.
-    pub fn on_http_call_response(&mut self, answer: &Answer) -> Option<()> {
+    /// The answer to one of this root's fetches (`None` when the call is not one of its own).
+    /// Returns the worker and the time, as [`Root::on_tick`].
+    pub fn on_http_call_response(&mut self, answer: &Answer) -> Option<(Rc<Worker>, u64)> {
         let (index, lease) = self.pending.remove(&answer.token)?;
         let worker = self.worker.clone()?;
         let now = now_ms()?;
         jwks::finish(&worker, index, lease, answer, now);
-        self.retry_waiting(&worker, now);
         self.adjust_tick();
-        Some(())
+        Some((worker, now))
     }
 
-    /// Gives waiting requests another look.
-    fn retry_waiting(&self, worker: &Worker, now: u64) {
-        let waiting = std::mem::take(&mut *worker.waiting.borrow_mut());
-        if waiting.is_empty() {
-            return;
-        }
-        let still = dispatch::retry_waiting(self.id, waiting, now);
-        worker.waiting.borrow_mut().extend(still);
-    }
-
-    fn adjust_tick(&mut self) {
+    /// Sets the timer for what the worker needs now (also after waiting requests were retried).
+    pub fn adjust_tick(&mut self) {
         let Some(worker) = &self.worker else { return };
         let has_remote = worker
             .engine

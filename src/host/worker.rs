@@ -1,0 +1,25 @@
+//! What every HTTP context of one plugin configuration on one worker shares: the engine, the
+//! worker's keys, metrics, token cache, host crypto, and the requests waiting for first keys.
+
+use std::cell::RefCell;
+
+use crate::engine::Engine;
+use crate::jwt::cache::TokenCache;
+
+use super::crypto::BoringSsl;
+use super::keys::WorkerKeys;
+use super::metrics::Metrics;
+
+/// At most this many requests per worker wait for first keys; more are answered at once.
+pub const MAX_WAITING: usize = 1024;
+
+/// What every HTTP context of this configuration on this worker shares.
+pub struct Worker {
+    pub engine: Engine,
+    pub keys: RefCell<WorkerKeys>,
+    pub metrics: Metrics,
+    pub cache: RefCell<TokenCache>,
+    pub crypto: BoringSsl,
+    /// HTTP contexts waiting for a provider's first keys.
+    pub waiting: RefCell<Vec<u32>>,
+}
