@@ -1,8 +1,18 @@
-//! The one table from reason to HTTP answer: status, `WWW-Authenticate` (RFC 6750 §3), JSON body
-//! and the metric/log code. Descriptions are fixed strings; no token or claim text ever appears.
+//! The one table from reason to HTTP answer: status, `WWW-Authenticate` (RFC 6750 §3), JSON body,
+//! the log code (also the metric `denied.<code>`) and the 429 headers. Descriptions are fixed
+//! strings; no token or claim text ever appears.
+//!
+//! [`reason_table!`] reads the table once and writes from it [`Reason::ALL`], [`Reason::COUNT`]
+//! and [`Reason::row`], a single `match` with one arm per reason and no wildcard: a reason added
+//! to one of the enums below stops the build until it has its row, and cannot be left out of
+//! `ALL` (the metrics) either. Each reason's answer is built once per configuration, with its
+//! realm ([`Answers`]); a denial clones it and adds only what varies (the scopes a route needs,
+//! a policy's quota).
 
 use crate::jwt::extract::RequestError;
 use crate::jwt::TokenError;
+use crate::policy::Denial;
+use crate::ratelimit::{Limit, Verdict};
 
 /// Why a request is denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,118 +57,192 @@ pub enum Forbidden {
     NotFound,
 }
 
-impl Forbidden {
-    pub const ALL: [Forbidden; 6] = [
-        Forbidden::InsufficientScope,
-        Forbidden::InsufficientPermissions,
-        Forbidden::MtlsRequired,
-        Forbidden::PeerNotAllowed,
-        Forbidden::NoRoute,
-        Forbidden::NotFound,
-    ];
-
-    fn description(self) -> &'static str {
-        match self {
-            Forbidden::InsufficientScope => "insufficient scope",
-            Forbidden::InsufficientPermissions => "insufficient permissions",
-            Forbidden::MtlsRequired => "mutual TLS required",
-            Forbidden::PeerNotAllowed => "peer not allowed",
-            Forbidden::NoRoute => "no matching route",
-            Forbidden::NotFound => "not found",
-        }
-    }
-
-    fn code(self) -> &'static str {
-        match self {
-            Forbidden::InsufficientScope => "insufficient_scope",
-            Forbidden::InsufficientPermissions => "insufficient_permissions",
-            Forbidden::MtlsRequired => "peer_denied.mtls_required",
-            Forbidden::PeerNotAllowed => "peer_denied.principal",
-            Forbidden::NoRoute => "no_route",
-            Forbidden::NotFound => "no_route.not_found",
-        }
-    }
+/// The `WWW-Authenticate` header of an answer (RFC 6750 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// None: no token could fix this (peer, route, rate limit).
+    Absent,
+    /// `Bearer realm="…"`: the request had no credentials, so no error code (§3.1).
+    Realm,
+    /// `Bearer realm="…", error="…", error_description="…"`.
+    Error,
+    /// The same plus `scope="…"`, the scopes the route needs (also in the body).
+    Scope,
 }
 
-impl RateLimited {
-    pub const ALL: [RateLimited; 3] = [
-        RateLimited::Limit,
-        RateLimited::FailedAuth,
-        RateLimited::Contention,
-    ];
+/// The rate-limit headers of an answer, beyond the ones every answer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// None.
+    Absent,
+    /// The refusing policy's `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` and `Retry-After`,
+    /// from its verdict ([`limit_headers`]).
+    Policy,
+    /// `Retry-After: 1`: there is no verdict to report.
+    RetryAfterOne,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// The reason's place in [`Reason::ALL`]: its metric's slot.
+    pub index: usize,
+    pub status: u16,
+    pub challenge: Challenge,
+    /// The body's `error` and, with [`Challenge::Error`] or [`Challenge::Scope`], the
+    /// challenge's (an RFC 6750 error code, or `unauthorized` when there were no credentials).
+    pub error: &'static str,
+    /// The fixed `error_description`.
+    pub description: &'static str,
+    /// Stable code for logs and the metric `denied.<code>`, e.g. `invalid_token.expired`.
+    pub code: &'static str,
+    pub quota: Quota,
+}
+
+/// Writes `Reason::ALL`, `Reason::COUNT` and `Reason::row` from one list of rows
+/// `reason => status, challenge, error, description, code, quota;`, numbering the rows in order.
+macro_rules! reason_table {
+    (@rows [$($arm:tt)*] [$($all:expr,)*] $count:expr;) => {
+        impl Reason {
+            /// How many reasons there are.
+            pub const COUNT: usize = $count;
+            /// Every reason, in table order (`ALL[r.index()] == r`).
+            pub const ALL: [Reason; $count] = [$($all,)*];
+
+            /// The reason's row of the table.
+            pub const fn row(self) -> Row {
+                match self {
+                    $($arm)*
+                }
+            }
+        }
+    };
+    (@rows [$($arm:tt)*] [$($all:expr,)*] $count:expr;
+        $variant:ident $(($group:ident :: $leaf:ident))? =>
+            $status:literal, $challenge:ident, $error:literal, $description:literal, $code:literal,
+            $quota:ident;
+        $($rest:tt)*
+    ) => {
+        reason_table!(@rows
+            [$($arm)* Reason::$variant $(($group::$leaf))? => Row {
+                index: $count,
+                status: $status,
+                challenge: Challenge::$challenge,
+                error: $error,
+                description: $description,
+                code: $code,
+                quota: Quota::$quota,
+            },]
+            [$($all,)* Reason::$variant $(($group::$leaf))?,]
+            $count + 1;
+            $($rest)*
+        );
+    };
+    ($($rows:tt)*) => {
+        reason_table!(@rows [] [] 0; $($rows)*);
+    };
+}
+
+#[rustfmt::skip]
+reason_table! {
+    // reason => status, challenge, error, description, code, quota;
+    MissingToken => 401, Realm, "unauthorized", "authentication required", "missing_token", Absent;
+
+    InvalidRequest(RequestError::MultipleCredentials) =>
+        400, Error, "invalid_request", "multiple credentials", "invalid_request.multiple_credentials", Absent;
+    InvalidRequest(RequestError::EmptyCredentials) =>
+        400, Error, "invalid_request", "empty credentials", "invalid_request.empty_credentials", Absent;
+    InvalidRequest(RequestError::InvalidPath) =>
+        400, Error, "invalid_request", "invalid path", "invalid_request.invalid_path", Absent;
+
+    InvalidToken(TokenError::Malformed) =>
+        401, Error, "invalid_token", "malformed token", "invalid_token.malformed", Absent;
+    InvalidToken(TokenError::TooLarge) =>
+        401, Error, "invalid_token", "token too large", "invalid_token.too_large", Absent;
+    InvalidToken(TokenError::UnsupportedAlgorithm) =>
+        401, Error, "invalid_token", "unsupported algorithm", "invalid_token.unsupported_alg", Absent;
+    InvalidToken(TokenError::AlgorithmNotAllowed) =>
+        401, Error, "invalid_token", "algorithm not allowed", "invalid_token.alg_not_allowed", Absent;
+    InvalidToken(TokenError::UnknownIssuer) =>
+        401, Error, "invalid_token", "unknown issuer", "invalid_token.issuer", Absent;
+    InvalidToken(TokenError::KeysUnavailable) =>
+        401, Error, "invalid_token", "signing keys unavailable", "invalid_token.keys_unavailable", Absent;
+    InvalidToken(TokenError::UnknownKey) =>
+        401, Error, "invalid_token", "unknown signing key", "invalid_token.unknown_kid", Absent;
+    InvalidToken(TokenError::AmbiguousKey) =>
+        401, Error, "invalid_token", "key id required", "invalid_token.ambiguous_kid", Absent;
+    InvalidToken(TokenError::BadSignature) =>
+        401, Error, "invalid_token", "invalid signature", "invalid_token.bad_signature", Absent;
+    InvalidToken(TokenError::Expired) =>
+        401, Error, "invalid_token", "token expired", "invalid_token.expired", Absent;
+    InvalidToken(TokenError::NotYetValid) =>
+        401, Error, "invalid_token", "token not yet valid", "invalid_token.not_yet_valid", Absent;
+    InvalidToken(TokenError::IssuedInFuture) =>
+        401, Error, "invalid_token", "token issued in the future", "invalid_token.issued_in_future", Absent;
+    InvalidToken(TokenError::MissingExpiration) =>
+        401, Error, "invalid_token", "token has no expiration", "invalid_token.missing_exp", Absent;
+    InvalidToken(TokenError::LifetimeTooLong) =>
+        401, Error, "invalid_token", "token lifetime too long", "invalid_token.lifetime", Absent;
+    InvalidToken(TokenError::Audience) =>
+        401, Error, "invalid_token", "audience not allowed", "invalid_token.audience", Absent;
+    InvalidToken(TokenError::BindingMismatch) =>
+        401, Error, "invalid_token", "certificate binding mismatch", "invalid_token.binding", Absent;
+    InvalidToken(TokenError::BindingRequired) =>
+        401, Error, "invalid_token", "certificate binding required", "invalid_token.binding_required", Absent;
+    InvalidToken(TokenError::UnsupportedBinding) =>
+        401, Error, "invalid_token", "unsupported token binding", "invalid_token.unsupported_binding", Absent;
+
+    Forbidden(Forbidden::InsufficientScope) =>
+        403, Scope, "insufficient_scope", "insufficient scope", "insufficient_scope", Absent;
+    Forbidden(Forbidden::InsufficientPermissions) =>
+        403, Error, "insufficient_scope", "insufficient permissions", "insufficient_permissions", Absent;
+    Forbidden(Forbidden::MtlsRequired) =>
+        403, Absent, "access_denied", "mutual TLS required", "peer_denied.mtls_required", Absent;
+    Forbidden(Forbidden::PeerNotAllowed) =>
+        403, Absent, "access_denied", "peer not allowed", "peer_denied.principal", Absent;
+    Forbidden(Forbidden::NoRoute) =>
+        403, Absent, "access_denied", "no matching route", "no_route", Absent;
+    Forbidden(Forbidden::NotFound) =>
+        404, Absent, "not_found", "not found", "no_route.not_found", Absent;
+
+    RateLimited(RateLimited::Limit) =>
+        429, Absent, "rate_limited", "rate limit exceeded", "rate_limited", Policy;
+    RateLimited(RateLimited::FailedAuth) =>
+        429, Absent, "rate_limited", "too many failed authentications", "rate_limited.failed_auth", Policy;
+    RateLimited(RateLimited::Contention) =>
+        429, Absent, "rate_limited", "rate limit exceeded", "rate_limited.contention", RetryAfterOne;
 }
 
 impl Reason {
-    /// Every reason, for defining one metric per reason code up front.
-    pub fn all() -> Vec<Reason> {
-        let mut all = vec![Reason::MissingToken];
-        all.extend(RequestError::ALL.map(Reason::InvalidRequest));
-        all.extend(TokenError::ALL.map(Reason::InvalidToken));
-        all.extend(Forbidden::ALL.map(Reason::Forbidden));
-        all.extend(RateLimited::ALL.map(Reason::RateLimited));
-        all
+    /// The reason's place in [`Reason::ALL`] (its metric's slot).
+    pub const fn index(self) -> usize {
+        self.row().index
     }
 
-    pub fn status(self) -> u16 {
-        match self {
-            Reason::MissingToken | Reason::InvalidToken(_) => 401,
-            Reason::InvalidRequest(_) => 400,
-            Reason::Forbidden(Forbidden::NotFound) => 404,
-            Reason::Forbidden(_) => 403,
-            Reason::RateLimited(_) => 429,
-        }
+    pub const fn status(self) -> u16 {
+        self.row().status
     }
 
-    /// Whether the answer carries a `WWW-Authenticate: Bearer` challenge: not for refusals
-    /// that no token could fix (peer, route).
-    fn challenges(self) -> bool {
-        !matches!(
-            self,
-            Reason::Forbidden(
-                Forbidden::MtlsRequired
-                    | Forbidden::PeerNotAllowed
-                    | Forbidden::NoRoute
-                    | Forbidden::NotFound
-            ) | Reason::RateLimited(_)
-        )
-    }
-
-    /// RFC 6750 error code; `None` when the request had no credentials (§3.1).
-    pub fn error_code(self) -> Option<&'static str> {
-        match self {
-            Reason::MissingToken => None,
-            Reason::InvalidRequest(_) => Some("invalid_request"),
-            Reason::InvalidToken(_) => Some("invalid_token"),
-            Reason::Forbidden(
-                Forbidden::InsufficientScope | Forbidden::InsufficientPermissions,
-            ) => Some("insufficient_scope"),
-            Reason::Forbidden(Forbidden::NotFound) => Some("not_found"),
-            Reason::Forbidden(_) => Some("access_denied"),
-            Reason::RateLimited(_) => Some("rate_limited"),
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            Reason::MissingToken => "authentication required",
-            Reason::InvalidRequest(e) => e.description(),
-            Reason::InvalidToken(e) => e.description(),
-            Reason::Forbidden(f) => f.description(),
-            Reason::RateLimited(RateLimited::FailedAuth) => "too many failed authentications",
-            Reason::RateLimited(_) => "rate limit exceeded",
-        }
+    pub const fn description(self) -> &'static str {
+        self.row().description
     }
 
     /// Stable code for logs and metrics, e.g. `invalid_token.expired`.
-    pub fn code(self) -> String {
-        match self {
-            Reason::MissingToken => "missing_token".to_string(),
-            Reason::InvalidRequest(e) => format!("invalid_request.{}", e.code()),
-            Reason::InvalidToken(e) => format!("invalid_token.{}", e.code()),
-            Reason::Forbidden(f) => f.code().to_string(),
-            Reason::RateLimited(RateLimited::Limit) => "rate_limited".to_string(),
-            Reason::RateLimited(RateLimited::FailedAuth) => "rate_limited.failed_auth".to_string(),
-            Reason::RateLimited(RateLimited::Contention) => "rate_limited.contention".to_string(),
+    pub const fn code(self) -> &'static str {
+        self.row().code
+    }
+}
+
+impl From<&Denial> for Reason {
+    fn from(d: &Denial) -> Reason {
+        match d {
+            Denial::TokenRequired => Reason::MissingToken,
+            Denial::InsufficientScope(_) => Reason::Forbidden(Forbidden::InsufficientScope),
+            Denial::InsufficientPermissions => {
+                Reason::Forbidden(Forbidden::InsufficientPermissions)
+            }
+            Denial::MtlsRequired => Reason::Forbidden(Forbidden::MtlsRequired),
+            Denial::PeerNotAllowed => Reason::Forbidden(Forbidden::PeerNotAllowed),
         }
     }
 }
@@ -222,30 +306,36 @@ impl Caller {
     }
 }
 
+/// A refusal: why, and the answer to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub reason: Reason,
     /// Name of the matched route, for logs.
     pub route: Option<String>,
     /// Who was refused, when authenticated (for logs).
-    pub caller: Option<Caller>,
+    pub caller: Option<Box<Caller>>,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
 impl LocalReply {
-    /// The answer for `reason`. `scope`: the scopes the route needs (for `insufficient_scope`).
+    /// The answer for `reason`, as its row says. `scope`: the scopes the route needs, for a row
+    /// with [`Challenge::Scope`] (ignored otherwise). Without the [`Quota::Policy`] headers,
+    /// which need the policy's verdict ([`Answers::rate_limited`]).
     pub fn new(reason: Reason, realm: &str, scope: Option<&str>) -> LocalReply {
-        let mut headers = Vec::with_capacity(3);
-        if reason.challenges() {
-            let mut challenge = format!("Bearer realm=\"{realm}\"");
-            if let Some(code) = reason.error_code() {
-                challenge.push_str(&format!(
-                    ", error=\"{code}\", error_description=\"{}\"",
-                    reason.description()
-                ));
-            }
+        let row = reason.row();
+        let scope = scope.filter(|_| row.challenge == Challenge::Scope);
+        let mut headers = Vec::with_capacity(4);
+        let challenge = match row.challenge {
+            Challenge::Absent => None,
+            Challenge::Realm => Some(format!("Bearer realm=\"{realm}\"")),
+            Challenge::Error | Challenge::Scope => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"",
+                row.error, row.description
+            )),
+        };
+        if let Some(mut challenge) = challenge {
             if let Some(scope) = scope {
                 challenge.push_str(&format!(", scope=\"{scope}\""));
             }
@@ -253,26 +343,118 @@ impl LocalReply {
         }
         headers.push(("content-type", "application/json".to_string()));
         headers.push(("cache-control", "no-store".to_string()));
+        match row.quota {
+            Quota::Absent | Quota::Policy => {}
+            Quota::RetryAfterOne => headers.push(("retry-after", "1".to_string())),
+        }
         let mut body = serde_json::Map::new();
-        body.insert(
-            "error".into(),
-            reason.error_code().unwrap_or("unauthorized").into(),
-        );
-        body.insert("error_description".into(), reason.description().into());
+        body.insert("error".into(), row.error.into());
+        body.insert("error_description".into(), row.description.into());
         if let Some(scope) = scope {
             body.insert("scope".into(), scope.into());
         }
-        let body = serde_json::Value::Object(body);
         LocalReply {
             reason,
             route: None,
             caller: None,
-            status: reason.status(),
+            status: row.status,
             headers,
-            body: body.to_string(),
+            body: serde_json::Value::Object(body).to_string(),
         }
     }
 }
+
+/// Every reason's answer, built once per configuration with its realm: a denial copies one
+/// instead of formatting it.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    realm: String,
+    /// In [`Reason::ALL`] order.
+    prebuilt: Vec<LocalReply>,
+}
+
+impl Answers {
+    pub fn new(realm: &str) -> Answers {
+        Answers {
+            realm: realm.to_string(),
+            prebuilt: Reason::ALL
+                .iter()
+                .map(|r| LocalReply::new(*r, realm, None))
+                .collect(),
+        }
+    }
+
+    /// The answer for `reason` (for [`Challenge::Scope`] and [`Quota::Policy`] rows, without
+    /// what only the request knows: see [`Answers::denied`] and [`Answers::rate_limited`]).
+    pub fn refuse(&self, reason: Reason) -> LocalReply {
+        match self.prebuilt.get(reason.index()) {
+            Some(reply) => reply.clone(),
+            None => LocalReply::new(reason, &self.realm, None),
+        }
+    }
+
+    /// The answer to a route requirement's refusal (the needed scopes included).
+    pub fn denied(&self, denial: &Denial) -> LocalReply {
+        let reason = Reason::from(denial);
+        if let Denial::InsufficientScope(scope) = denial {
+            return LocalReply::new(reason, &self.realm, Some(scope));
+        }
+        self.refuse(reason)
+    }
+
+    /// A 429 with the refusing policy's quota headers (for a [`Quota::Policy`] row).
+    pub fn rate_limited(&self, why: RateLimited, limit: &Limit, verdict: &Verdict) -> LocalReply {
+        let reason = Reason::RateLimited(why);
+        let mut reply = self.refuse(reason);
+        match reason.row().quota {
+            Quota::Policy => reply.headers.extend(limit_headers(limit, verdict, true)),
+            Quota::Absent | Quota::RetryAfterOne => {}
+        }
+        reply
+    }
+}
+
+/// The rate-limit answer headers (draft-ietf-httpapi-ratelimit-headers, "RateLimit Field" and
+/// its "Reset Parameter", and "Server Behavior": when a response carries both `Retry-After` and
+/// `RateLimit`, the reset value SHOULD name the same point in time as `Retry-After`).
+///
+/// - Allowed: `t` (and `X-RateLimit-Reset`) is the whole seconds until the quota is fully
+///   restored, as the draft's "Reset Parameter" defines it.
+/// - Refused: `t`, `Retry-After` and `X-RateLimit-Reset` are one number: the whole seconds
+///   (rounded up, at least 1) until a request of the refused request's cost is admitted.
+pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static str, String)> {
+    let secs = |ns: u64| ns.div_ceil(1_000_000_000);
+    let reset = if refused {
+        secs(v.retry_after_ns).max(1)
+    } else {
+        secs(v.reset_ns)
+    };
+    let mut h = vec![
+        (
+            "ratelimit-policy",
+            format!(
+                "\"{}\";q={};w={}",
+                limit.name,
+                limit.requests,
+                limit.window_seconds()
+            ),
+        ),
+        (
+            "ratelimit",
+            format!("\"{}\";r={};t={reset}", limit.name, v.remaining),
+        ),
+        ("x-ratelimit-limit", limit.requests.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ];
+    if refused {
+        h.push(("retry-after", reset.to_string()));
+    }
+    h
+}
+
+#[cfg(test)]
+mod limit_headers_tests;
 
 #[cfg(test)]
 mod tests {
@@ -312,9 +494,9 @@ mod tests {
 
     #[test]
     fn reason_codes_are_distinct_metric_names() {
-        let codes: std::collections::BTreeSet<String> =
-            Reason::all().into_iter().map(Reason::code).collect();
-        assert_eq!(codes.len(), Reason::all().len());
+        let codes: std::collections::BTreeSet<&str> =
+            Reason::ALL.into_iter().map(Reason::code).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
         assert!(codes.iter().all(|c| c
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')));
@@ -361,5 +543,213 @@ mod tests {
         assert_eq!(r.status, 400);
         assert!(header(&r, "www-authenticate").contains("error=\"invalid_request\""));
         assert_eq!(header(&r, "cache-control"), "no-store");
+    }
+
+    #[test]
+    fn every_reason_has_one_row_at_its_index() {
+        assert_eq!(Reason::COUNT, 31);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+            assert_eq!(Reason::ALL.iter().filter(|o| *o == r).count(), 1, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn prebuilt_answers_carry_the_realm_and_constant_headers() {
+        let answers = Answers::new("shop");
+        let r = answers.refuse(Reason::InvalidToken(TokenError::UnknownKey));
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            "Bearer realm=\"shop\", error=\"invalid_token\", error_description=\"unknown signing key\""
+        );
+        assert_eq!(
+            r.body,
+            r#"{"error":"invalid_token","error_description":"unknown signing key"}"#
+        );
+        let r = answers.refuse(Reason::RateLimited(RateLimited::Contention));
+        assert_eq!((r.status, header(&r, "retry-after")), (429, "1"));
+        assert!(r.headers.iter().all(|(n, _)| *n != "www-authenticate"));
+        assert_eq!(
+            r.body,
+            r#"{"error":"rate_limited","error_description":"rate limit exceeded"}"#
+        );
+    }
+
+    #[test]
+    fn route_requirement_refusals_map_to_their_reasons() {
+        let answers = Answers::new("api");
+        for (denial, reason) in [
+            (Denial::TokenRequired, Reason::MissingToken),
+            (
+                Denial::InsufficientPermissions,
+                Reason::Forbidden(Forbidden::InsufficientPermissions),
+            ),
+            (
+                Denial::MtlsRequired,
+                Reason::Forbidden(Forbidden::MtlsRequired),
+            ),
+            (
+                Denial::PeerNotAllowed,
+                Reason::Forbidden(Forbidden::PeerNotAllowed),
+            ),
+        ] {
+            assert_eq!(answers.denied(&denial).reason, reason);
+        }
+        let r = answers.denied(&Denial::InsufficientScope("orders:read".into()));
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"insufficient scope\", scope=\"orders:read\""
+        );
+        assert_eq!(
+            r.body,
+            r#"{"error":"insufficient_scope","error_description":"insufficient scope","scope":"orders:read"}"#
+        );
+    }
+
+    #[test]
+    fn a_throttled_answer_carries_the_policy_headers() {
+        let limit = Limit {
+            name: "user".into(),
+            requests: 10,
+            per_ns: 60_000_000_000,
+            burst: 10,
+            key: crate::ratelimit::KeyKind::Identity,
+            slots: 1,
+        };
+        let verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after_ns: 5_500_000_000,
+            reset_ns: 60_000_000_000,
+        };
+        let answers = Answers::new("api");
+        let r = answers.rate_limited(RateLimited::FailedAuth, &limit, &verdict);
+        assert_eq!(
+            (r.status, r.reason.code()),
+            (429, "rate_limited.failed_auth")
+        );
+        assert_eq!(header(&r, "retry-after"), "6");
+        assert_eq!(header(&r, "ratelimit"), "\"user\";r=0;t=6");
+        assert_eq!(header(&r, "ratelimit-policy"), "\"user\";q=10;w=60");
+        // Contention has no verdict to report: `Retry-After: 1`, once.
+        let r = answers.rate_limited(RateLimited::Contention, &limit, &verdict);
+        let retry: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == "retry-after")
+            .collect();
+        assert_eq!(retry, [&("retry-after", "1".to_string())]);
+        assert!(r.headers.iter().all(|(n, _)| *n != "ratelimit"));
+    }
+
+    /// The README's decision table, row by row, against the table here: every reason has a row
+    /// there, and each row's status, challenge, body and quota headers are the ones answered.
+    #[test]
+    fn the_readme_decision_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Decision table\n")
+            .nth(1)
+            .expect("README has a decision table");
+        let rows = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2);
+        let ticks = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for line in rows {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 5, "{line}");
+            let (status, challenge, body, code) = (cells[1], cells[2], cells[3], cells[4]);
+            let codes = ticks(code);
+            let Some(reason) = Reason::ALL
+                .into_iter()
+                .find(|r| codes == [r.code().to_string()])
+            else {
+                assert!(codes.is_empty(), "unknown log code in {line}");
+                continue;
+            };
+            seen.insert(reason.code());
+            let row = reason.row();
+            let reply = LocalReply::new(reason, "R", Some("<needed scopes>"));
+            assert!(status.starts_with(&row.status.to_string()), "{line}");
+            let sent = reply
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "www-authenticate")
+                .map(|(_, v)| v.as_str());
+            match row.challenge {
+                Challenge::Absent => assert!(challenge.starts_with("none"), "{line}"),
+                Challenge::Realm | Challenge::Error | Challenge::Scope => {
+                    if challenge.starts_with("`Bearer") {
+                        assert_eq!(sent, ticks(challenge).first().map(String::as_str), "{line}");
+                    } else {
+                        assert!(challenge.starts_with('…'), "{line}");
+                        if let Some(error) = ticks(challenge).first() {
+                            assert_eq!(error, row.error, "{line}");
+                        }
+                    }
+                }
+            }
+            match row.quota {
+                Quota::Absent => assert!(!challenge.contains("Retry-After"), "{line}"),
+                Quota::Policy => assert!(challenge.contains("Retry-After"), "{line}"),
+                Quota::RetryAfterOne => assert!(challenge.contains("`Retry-After: 1`"), "{line}"),
+            }
+            let body_ticks = ticks(body);
+            if body.contains(" / ") {
+                assert_eq!(body_ticks[..2], [row.error, row.description], "{line}");
+            } else {
+                assert_eq!(body_ticks, [row.description], "{line}");
+            }
+            assert_eq!(
+                body.contains("\"scope\""),
+                row.challenge == Challenge::Scope,
+                "{line}"
+            );
+        }
+        let all: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(
+            seen, all,
+            "every reason has a row in the README's decision table"
+        );
+    }
+
+    /// The README's metrics table lists one `denied.<code>` counter per reason.
+    #[test]
+    fn the_readme_metrics_table_lists_every_denial_counter() {
+        let readme = include_str!("../README.md");
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with("| `denied.<code>`"))
+            .expect("README lists the denial counters");
+        let listed = line
+            .split("decision table:")
+            .nth(1)
+            .expect("the list follows 'decision table:'");
+        let mut codes = std::collections::BTreeSet::new();
+        for item in listed.split('`').skip(1).step_by(2) {
+            match item.split_once(".{") {
+                Some((prefix, rest)) => {
+                    for leaf in rest.trim_end_matches('}').split(',') {
+                        codes.insert(format!("{prefix}.{leaf}"));
+                    }
+                }
+                None => {
+                    codes.insert(item.to_string());
+                }
+            }
+        }
+        let all: std::collections::BTreeSet<_> =
+            Reason::ALL.iter().map(|r| r.code().to_string()).collect();
+        assert_eq!(codes, all);
     }
 }

@@ -12,7 +12,9 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use crate::config::{Config, Provider, TokenSource};
-use crate::decision::{Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason};
+use crate::decision::{
+    limit_headers, Answers, Caller, Decision, Forbidden, Forward, LocalReply, RateLimited, Reason,
+};
 use crate::identity::Peer;
 use crate::jwt::cache::{token_hash, whole_token_hash, Cached, Failed, TokenCache};
 use crate::jwt::crypto::HostCrypto;
@@ -22,7 +24,7 @@ use crate::jwt::principal::Principal;
 use crate::jwt::verify::{check_binding, check_claims, verify, KeyLookup, Rejected, VerifiedToken};
 use crate::jwt::TokenError;
 use crate::policy::path::normalized;
-use crate::policy::{Denial, Mode, Route, TokenUse, Unmatched};
+use crate::policy::{Mode, Route, TokenUse, Unmatched};
 use crate::ratelimit::budget::{self, Admission};
 use crate::ratelimit::store::{charge, BucketStore, Charge};
 use crate::ratelimit::{
@@ -40,6 +42,8 @@ pub struct Engine {
     secret: SlotSecret,
     /// Per rate-limit policy: `meshguard/<plugin>/rl/<policy>/`, the prefix of its slot keys.
     slot_prefixes: Vec<String>,
+    /// Every refusal's answer, built with the configured realm.
+    answers: Answers,
 }
 
 /// What the host needs besides the request: keys, the bucket store, the clock, and optionally
@@ -74,29 +78,6 @@ pub struct Events {
     pub budget_trickle: u32,
 }
 
-/// A refusal before it becomes an answer.
-#[derive(Debug)]
-struct Refusal {
-    reason: Reason,
-    /// For `insufficient_scope`: the scopes the route needs.
-    scope: Option<String>,
-    /// Extra answer headers (rate-limit headers).
-    headers: Vec<(&'static str, String)>,
-    /// The verified caller, when the refusal came after authentication.
-    caller: Option<Box<Caller>>,
-}
-
-impl Refusal {
-    fn new(reason: Reason) -> Refusal {
-        Refusal {
-            reason,
-            caller: None,
-            scope: None,
-            headers: Vec::new(),
-        }
-    }
-}
-
 impl Engine {
     /// `secret`: 128 random bits, the same in every worker of the proxy (it keys slot choice and
     /// the per-worker token memories; see [`identity_hash`]).
@@ -108,6 +89,7 @@ impl Engine {
                 .collect()
         });
         Engine {
+            answers: Answers::new(&config.realm),
             config,
             plugin: plugin.to_string(),
             secret,
@@ -171,21 +153,21 @@ impl Engine {
         }
 
         let Ok(path) = normalized(req.path, policy.case_sensitive_paths) else {
-            let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
+            let refusal = self.refuse(Reason::InvalidRequest(RequestError::InvalidPath));
             return self.finish(fwd, Err(refusal), None, policy.mode);
         };
         let (Ok(host), Ok(method)) = (req.text_header(":authority"), req.text_header(":method"))
         else {
-            let refusal = Refusal::new(Reason::InvalidRequest(RequestError::InvalidPath));
+            let refusal = self.refuse(Reason::InvalidRequest(RequestError::InvalidPath));
             return self.finish(fwd, Err(refusal), None, policy.mode);
         };
         let Some(route) = policy.route_for(host, &path, method) else {
             let result = match policy.unmatched {
                 Unmatched::Allow => Ok(()),
                 Unmatched::Deny { status: 404 } => {
-                    Err(Refusal::new(Reason::Forbidden(Forbidden::NotFound)))
+                    Err(self.refuse(Reason::Forbidden(Forbidden::NotFound)))
                 }
-                Unmatched::Deny { .. } => Err(Refusal::new(Reason::Forbidden(Forbidden::NoRoute))),
+                Unmatched::Deny { .. } => Err(self.refuse(Reason::Forbidden(Forbidden::NoRoute))),
             };
             return self.finish(fwd, result, None, policy.mode);
         };
@@ -193,21 +175,22 @@ impl Engine {
         self.finish(fwd, result, Some(route), route.mode.unwrap_or(policy.mode))
     }
 
+    /// The prebuilt answer for `reason`.
+    fn refuse(&self, reason: Reason) -> LocalReply {
+        self.answers.refuse(reason)
+    }
+
     fn finish(
         &self,
         mut fwd: Forward,
-        result: Result<(), Refusal>,
+        result: Result<(), LocalReply>,
         route: Option<&Route>,
         mode: Mode,
     ) -> Decision {
-        let Err(refusal) = result else {
+        let Err(mut reply) = result else {
             return Decision::Allow(fwd);
         };
-        let mut reply =
-            LocalReply::new(refusal.reason, &self.config.realm, refusal.scope.as_deref());
-        reply.headers.extend(refusal.headers);
         reply.route = route.map(|r| r.name.clone());
-        reply.caller = refusal.caller.map(|c| *c);
         match mode {
             Mode::Enforce => Decision::Deny(reply),
             Mode::DryRun => {
@@ -225,14 +208,14 @@ impl Engine {
         route: &Route,
         fwd: &mut Forward,
         events: &mut Events,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), LocalReply> {
         let principal = match route.token {
             TokenUse::None => None,
             TokenUse::Required | TokenUse::Optional => {
                 match self.authenticate(req, inputs, fwd, events)? {
                     Some(principal) => Some(principal),
                     None if route.token == TokenUse::Required => {
-                        return Err(Refusal::new(Reason::MissingToken))
+                        return Err(self.refuse(Reason::MissingToken))
                     }
                     None => None,
                 }
@@ -241,7 +224,7 @@ impl Engine {
         let principal = principal.as_deref();
         let claims = principal.map(|p| &*p.claims);
         // The caller's identity keys are copied only when a refusal is logged.
-        let with_caller = |mut r: Refusal| {
+        let with_caller = |mut r: LocalReply| {
             r.caller = claims.map(|c| Box::new(Caller::from_claims(c)));
             r
         };
@@ -249,22 +232,10 @@ impl Engine {
             self.rate_limit(rl, req.peer, principal, route, inputs, fwd, events)
                 .map_err(with_caller)?;
         }
-        route.require.check(claims, req.peer).map_err(|d| {
-            with_caller(match d {
-                Denial::TokenRequired => Refusal::new(Reason::MissingToken),
-                Denial::InsufficientScope(scope) => Refusal {
-                    scope: Some(scope),
-                    ..Refusal::new(Reason::Forbidden(Forbidden::InsufficientScope))
-                },
-                Denial::InsufficientPermissions => {
-                    Refusal::new(Reason::Forbidden(Forbidden::InsufficientPermissions))
-                }
-                Denial::MtlsRequired => Refusal::new(Reason::Forbidden(Forbidden::MtlsRequired)),
-                Denial::PeerNotAllowed => {
-                    Refusal::new(Reason::Forbidden(Forbidden::PeerNotAllowed))
-                }
-            })
-        })
+        route
+            .require
+            .check(claims, req.peer)
+            .map_err(|d| with_caller(self.answers.denied(&d)))
     }
 
     /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
@@ -277,16 +248,16 @@ impl Engine {
         inputs: &Inputs<'_>,
         fwd: &mut Forward,
         events: &mut Events,
-    ) -> Result<Option<Rc<Principal>>, Refusal> {
+    ) -> Result<Option<Rc<Principal>>, LocalReply> {
         let cfg = &self.config;
-        let Some(credential) = extract(req, &cfg.token_sources)
-            .map_err(|e| Refusal::new(Reason::InvalidRequest(e)))?
+        let Some(credential) =
+            extract(req, &cfg.token_sources).map_err(|e| self.refuse(Reason::InvalidRequest(e)))?
         else {
             return Ok(None);
         };
         let token = credential.token.as_str();
         let sources = credential.sources.as_slice();
-        let invalid = |e| Refusal::new(Reason::InvalidToken(e));
+        let invalid = |e| self.refuse(Reason::InvalidToken(e));
         // A cheap bound before any decoding; each provider applies its own after.
         if token.len() > cfg.max_token_bytes {
             return Err(invalid(TokenError::TooLarge));
@@ -380,10 +351,10 @@ impl Engine {
         token: &str,
         sources: &[usize],
         events: &mut Events,
-    ) -> Result<VerifiedToken, Refusal> {
+    ) -> Result<VerifiedToken, LocalReply> {
         let cfg = &self.config;
         let now_ns = inputs.now_ns;
-        let invalid = |e| Refusal::new(Reason::InvalidToken(e));
+        let invalid = |e| self.refuse(Reason::InvalidToken(e));
         let memory = inputs
             .cache
             .map(|c| (c, whole_token_hash(&self.secret, token)));
@@ -403,9 +374,9 @@ impl Engine {
         let gate = self.failed_auth_gate(req.peer);
         if let Some(g) = &gate {
             let retried = memory.is_none_or(|(c, key)| c.borrow().was_deferred(key));
-            let refused = |verdict: &Verdict| Refusal {
-                headers: limit_headers(g.limit, verdict, true),
-                ..Refusal::new(Reason::RateLimited(RateLimited::FailedAuth))
+            let refused = |verdict: &Verdict| {
+                self.answers
+                    .rate_limited(RateLimited::FailedAuth, g.limit, verdict)
             };
             match budget::admit(
                 inputs.buckets,
@@ -513,7 +484,7 @@ impl Engine {
         inputs: &Inputs<'_>,
         fwd: &mut Forward,
         events: &mut Events,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), LocalReply> {
         let claims = principal.map(|p| &*p.claims);
         if is_exempt(rl, peer, claims) {
             return Ok(());
@@ -555,10 +526,9 @@ impl Engine {
                         events.shared_slots += 1;
                     }
                     if !verdict.allowed {
-                        return Err(Refusal {
-                            headers: limit_headers(limit, &verdict, true),
-                            ..Refusal::new(Reason::RateLimited(RateLimited::Limit))
-                        });
+                        return Err(self
+                            .answers
+                            .rate_limited(RateLimited::Limit, limit, &verdict));
                     }
                     if tightest.is_none_or(|(_, t)| verdict.remaining < t.remaining) {
                         tightest = Some((limit, verdict));
@@ -567,10 +537,7 @@ impl Engine {
                 Charge::Contended => {
                     events.cas_contention += 1;
                     if rl.deny_on_contention {
-                        return Err(Refusal {
-                            headers: vec![("retry-after", "1".to_string())],
-                            ..Refusal::new(Reason::RateLimited(RateLimited::Contention))
-                        });
+                        return Err(self.refuse(Reason::RateLimited(RateLimited::Contention)));
                     }
                 }
             }
@@ -726,48 +693,6 @@ fn is_exempt(rl: &RateLimits, peer: &Peer, claims: Option<&Claims>) -> bool {
             .spiffe()
             .is_some_and(|id| rl.exempt_principals.iter().any(|p| p.matches(&id.uri)))
 }
-
-/// The rate-limit answer headers (draft-ietf-httpapi-ratelimit-headers, "RateLimit Field" and
-/// its "Reset Parameter", and "Server Behavior": when a response carries both `Retry-After` and
-/// `RateLimit`, the reset value SHOULD name the same point in time as `Retry-After`).
-///
-/// - Allowed: `t` (and `X-RateLimit-Reset`) is the whole seconds until the quota is fully
-///   restored, as the draft's "Reset Parameter" defines it.
-/// - Refused: `t`, `Retry-After` and `X-RateLimit-Reset` are one number: the whole seconds
-///   (rounded up, at least 1) until a request of the refused request's cost is admitted.
-pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static str, String)> {
-    let secs = |ns: u64| ns.div_ceil(1_000_000_000);
-    let reset = if refused {
-        secs(v.retry_after_ns).max(1)
-    } else {
-        secs(v.reset_ns)
-    };
-    let mut h = vec![
-        (
-            "ratelimit-policy",
-            format!(
-                "\"{}\";q={};w={}",
-                limit.name,
-                limit.requests,
-                limit.window_seconds()
-            ),
-        ),
-        (
-            "ratelimit",
-            format!("\"{}\";r={};t={reset}", limit.name, v.remaining),
-        ),
-        ("x-ratelimit-limit", limit.requests.to_string()),
-        ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ];
-    if refused {
-        h.push(("retry-after", reset.to_string()));
-    }
-    h
-}
-
-#[cfg(test)]
-mod limit_headers_tests;
 
 /// Istio's `request.auth.principal`: `<iss>/<sub>`.
 fn principal(claims: &Claims) -> Option<String> {

@@ -15,7 +15,7 @@
 //! | [`identity`] | the mTLS peer and its SPIFFE ID |
 //! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification |
 //! | [`policy`] | routes (first match wins), path normalisation, requirements |
-//! | [`decision`] | the one table reason → status, challenge, body, code |
+//! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
 //! | [`engine`] | the pipeline: one call per request |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
 //! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |

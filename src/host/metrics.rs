@@ -8,7 +8,6 @@
 //! are counted at once.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 
 use crate::config::Config;
 use crate::decision::Reason;
@@ -50,8 +49,8 @@ impl Batched {
 
 pub struct Metrics {
     allowed: Batched,
-    /// `denied.<reason code>` per reason.
-    denied: HashMap<String, u32>,
+    /// `denied.<reason code>`, in `Reason::ALL` order (indexed by `Reason::index`).
+    denied: Vec<Option<u32>>,
     dry_run_would_deny: Option<u32>,
     cas_contention: Option<u32>,
     rate_limit_slot_shared: Option<u32>,
@@ -80,12 +79,9 @@ impl Metrics {
         let name = |m: &str| format!("meshguard.{plugin}.{m}");
         let counter = |m: &str| define(MetricType::Counter, &name(m));
         let gauge = |m: &str| define(MetricType::Gauge, &name(m));
-        let denied = Reason::all()
-            .into_iter()
-            .filter_map(|r| {
-                let code = r.code();
-                counter(&format!("denied.{code}")).map(|id| (code, id))
-            })
+        let denied = Reason::ALL
+            .iter()
+            .map(|r| counter(&format!("denied.{}", r.code())))
             .collect();
         let providers = config
             .providers
@@ -133,7 +129,7 @@ impl Metrics {
     }
 
     pub fn denied(&self, reason: Reason) {
-        add(self.denied.get(&reason.code()).copied(), 1);
+        add(self.denied.get(reason.index()).copied().flatten(), 1);
     }
 
     pub fn dry_run_would_deny(&self) {

@@ -21,7 +21,8 @@ pub struct Credential {
     pub sources: Vec<usize>,
 }
 
-/// Why a request's credentials could not be read at all (answered 400 `invalid_request`).
+/// Why a request's credentials could not be read at all (answered 400 `invalid_request`; see
+/// the decision table, [`crate::decision::Reason::row`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestError {
     /// More than one credential, or a token header repeated.
@@ -30,30 +31,6 @@ pub enum RequestError {
     EmptyCredentials,
     /// The path cannot be normalised for route matching (encoded slash, backslash, …).
     InvalidPath,
-}
-
-impl RequestError {
-    pub const ALL: [RequestError; 3] = [
-        RequestError::MultipleCredentials,
-        RequestError::EmptyCredentials,
-        RequestError::InvalidPath,
-    ];
-
-    pub fn description(self) -> &'static str {
-        match self {
-            RequestError::MultipleCredentials => "multiple credentials",
-            RequestError::EmptyCredentials => "empty credentials",
-            RequestError::InvalidPath => "invalid path",
-        }
-    }
-
-    pub fn code(self) -> &'static str {
-        match self {
-            RequestError::MultipleCredentials => "multiple_credentials",
-            RequestError::EmptyCredentials => "empty_credentials",
-            RequestError::InvalidPath => "invalid_path",
-        }
-    }
 }
 
 /// Looks for the credential. `Ok(None)`: the request carries none.

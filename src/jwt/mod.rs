@@ -83,8 +83,8 @@ impl Algorithm {
     }
 }
 
-/// Why a token was refused. Each variant has one fixed client-facing description
-/// ([`TokenError::description`]) and one metric/log code ([`TokenError::code`]).
+/// Why a token was refused. Each variant's answer (fixed client-facing description, log and
+/// metric code) is its row in the decision table ([`crate::decision::Reason::row`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
     Malformed,
@@ -109,82 +109,3 @@ pub enum TokenError {
     /// `cnf` binds the token in a way meshguard cannot check (DPoP `jkt`, `jwk`, …).
     UnsupportedBinding,
 }
-
-impl TokenError {
-    pub const ALL: [TokenError; 18] = [
-        TokenError::Malformed,
-        TokenError::TooLarge,
-        TokenError::UnsupportedAlgorithm,
-        TokenError::AlgorithmNotAllowed,
-        TokenError::UnknownIssuer,
-        TokenError::KeysUnavailable,
-        TokenError::UnknownKey,
-        TokenError::AmbiguousKey,
-        TokenError::BadSignature,
-        TokenError::Expired,
-        TokenError::NotYetValid,
-        TokenError::IssuedInFuture,
-        TokenError::MissingExpiration,
-        TokenError::LifetimeTooLong,
-        TokenError::Audience,
-        TokenError::BindingMismatch,
-        TokenError::BindingRequired,
-        TokenError::UnsupportedBinding,
-    ];
-
-    /// The fixed `error_description` sent to clients.
-    pub fn description(self) -> &'static str {
-        match self {
-            TokenError::Malformed => "malformed token",
-            TokenError::TooLarge => "token too large",
-            TokenError::UnsupportedAlgorithm => "unsupported algorithm",
-            TokenError::AlgorithmNotAllowed => "algorithm not allowed",
-            TokenError::UnknownIssuer => "unknown issuer",
-            TokenError::KeysUnavailable => "signing keys unavailable",
-            TokenError::UnknownKey => "unknown signing key",
-            TokenError::AmbiguousKey => "key id required",
-            TokenError::BadSignature => "invalid signature",
-            TokenError::Expired => "token expired",
-            TokenError::NotYetValid => "token not yet valid",
-            TokenError::IssuedInFuture => "token issued in the future",
-            TokenError::MissingExpiration => "token has no expiration",
-            TokenError::LifetimeTooLong => "token lifetime too long",
-            TokenError::Audience => "audience not allowed",
-            TokenError::BindingMismatch => "certificate binding mismatch",
-            TokenError::BindingRequired => "certificate binding required",
-            TokenError::UnsupportedBinding => "unsupported token binding",
-        }
-    }
-
-    /// Stable snake_case code for logs and metrics.
-    pub fn code(self) -> &'static str {
-        match self {
-            TokenError::Malformed => "malformed",
-            TokenError::TooLarge => "too_large",
-            TokenError::UnsupportedAlgorithm => "unsupported_alg",
-            TokenError::AlgorithmNotAllowed => "alg_not_allowed",
-            TokenError::UnknownIssuer => "issuer",
-            TokenError::KeysUnavailable => "keys_unavailable",
-            TokenError::UnknownKey => "unknown_kid",
-            TokenError::AmbiguousKey => "ambiguous_kid",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::IssuedInFuture => "issued_in_future",
-            TokenError::MissingExpiration => "missing_exp",
-            TokenError::LifetimeTooLong => "lifetime",
-            TokenError::Audience => "audience",
-            TokenError::BindingMismatch => "binding",
-            TokenError::BindingRequired => "binding_required",
-            TokenError::UnsupportedBinding => "unsupported_binding",
-        }
-    }
-}
-
-impl std::fmt::Display for TokenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.description())
-    }
-}
-
-impl std::error::Error for TokenError {}
