@@ -1,7 +1,8 @@
 //! The proxy-wasm ABI 0.2.1 entry points Envoy calls, and the table of live contexts.
 //!
-//! Only what meshguard handles is exported: the host treats a missing `proxy_on_*` as "continue",
-//! so body chunks and trailers of a request meshguard is not holding never enter the VM.
+//! Only what meshguard handles is exported (the host treats a missing `proxy_on_*` as
+//! "continue"): no `on_log`, `on_done`, response bodies or trailers. Request bodies and trailers
+//! are exported so that they pass only once their request was allowed on.
 //!
 //! A context is taken out of the table while its callback runs and put back after, so a host call
 //! that re-enters the VM (a local reply runs the response path at once) finds no context and gets
@@ -156,21 +157,22 @@ pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end: u32) 
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(id: u32, _size: usize, _end: u32) -> u32 {
-    with_filter(id, |f| f.holding()).map_or(CONTINUE, hold)
+    body_or_trailers(id)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(id: u32, _trailers: usize) -> u32 {
-    with_filter(id, |f| f.holding()).map_or(CONTINUE, hold)
+    body_or_trailers(id)
 }
 
-/// While a request waits for keys, its body and trailers wait too: a `Continue` there would let
-/// Envoy forward the request before it is judged.
-fn hold(holding: bool) -> u32 {
-    if holding {
-        STOP
-    } else {
+/// A request's body and trailers pass only once the request was allowed on: while it waits for
+/// keys, or was refused (even if its local reply failed), or has no context, a `Continue` here
+/// would let Envoy forward it unjudged.
+fn body_or_trailers(id: u32) -> u32 {
+    if with_filter(id, |f| f.passes_body()) == Some(true) {
         CONTINUE
+    } else {
+        STOP
     }
 }
 

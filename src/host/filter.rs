@@ -25,7 +25,7 @@ use crate::request::RequestView;
 use super::abi::{self, LogLevel, MapType};
 use super::buckets::SharedData;
 use super::jwks::{self, Answer};
-use super::worker::{Worker, MAX_WAITING};
+use super::worker::{Worker, MAX_ORPHANS, MAX_WAITING};
 use super::{log, log_enabled, now_ns};
 
 /// `FilterHeadersStatus` / `FilterDataStatus` / `FilterTrailersStatus` values.
@@ -45,6 +45,8 @@ pub struct Filter {
     refetch: Option<(u32, usize, Lease)>,
     /// Waiting for a provider's first keys: the provider, until when (ms since the epoch).
     waiting: Option<(usize, u64)>,
+    /// The request was allowed on (its headers edited, iteration continued).
+    allowed: bool,
 }
 
 impl Filter {
@@ -55,6 +57,7 @@ impl Filter {
             response_headers: Vec::new(),
             refetch: None,
             waiting: None,
+            allowed: false,
         }
     }
 
@@ -63,9 +66,11 @@ impl Filter {
         self.refetch.map(|(token, _, _)| token)
     }
 
-    /// True while the request waits for keys (its body and trailers must wait too).
-    pub fn holding(&self) -> bool {
-        self.refetch.is_some() || self.waiting.is_some()
+    /// True once the request was allowed on: only then may its body and trailers pass. While it
+    /// waits for keys, or when its local reply could not be sent, a `Continue` for a body chunk
+    /// would let Envoy forward it unjudged.
+    pub fn passes_body(&self) -> bool {
+        self.allowed
     }
 
     pub fn on_request_headers(&mut self) -> u32 {
@@ -164,8 +169,16 @@ impl Filter {
 
     /// The request is gone: a fetch it started will never be answered here.
     pub fn on_delete(&mut self) {
-        if let Some((_, index, lease)) = self.refetch.take() {
-            jwks::abandon(&self.worker, index, lease);
+        if let Some((token, index, lease)) = self.refetch.take() {
+            // The fetch goes on (the host owns it): its answer reaches the root, which finishes
+            // it, so the refetch slot it used is not wasted.
+            let mut orphans = self.worker.orphans.borrow_mut();
+            if orphans.len() < MAX_ORPHANS {
+                orphans.insert(token, (index, lease));
+            } else {
+                drop(orphans);
+                jwks::abandon(&self.worker, index, lease);
+            }
         }
         if self.waiting.take().is_some() {
             if let Ok(mut w) = self.worker.waiting.try_borrow_mut() {
@@ -246,17 +259,26 @@ impl Filter {
                 } else {
                     log(LogLevel::Debug, "meshguard: allow");
                 }
+                // Every edit must take: a client's copy of an identity header or the consumed
+                // token left in place would reach the upstream.
                 let map = MapType::Request;
+                let mut edited = Ok(());
                 for name in &fwd.remove_headers {
-                    let _ = abi::remove_header(map, name);
+                    edited = edited.and(abi::remove_header(map, name));
                 }
                 for (name, value) in fwd.headers_to_set() {
-                    let _ = abi::set_header(map, name, value.as_bytes());
+                    edited = edited.and(abi::set_header(map, name, value.as_bytes()));
                 }
                 if let Some(path) = &fwd.set_path {
-                    let _ = abi::set_header(map, ":path", path.as_bytes());
+                    edited = edited.and(abi::set_header(map, ":path", path.as_bytes()));
+                }
+                if let Err(e) = edited {
+                    return refuse_unjudged(&format!(
+                        "editing the request's headers failed ({e:?})"
+                    ));
                 }
                 self.response_headers = fwd.response_headers;
+                self.allowed = true;
                 CONTINUE
             }
             Decision::Deny(reply) => {

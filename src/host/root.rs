@@ -96,6 +96,7 @@ impl Root {
             cache: RefCell::new(cache),
             crypto: BoringSsl::default(),
             waiting: RefCell::new(Vec::new()),
+            orphans: RefCell::new(HashMap::new()),
         });
         worker
             .keys
@@ -141,9 +142,15 @@ impl Root {
     /// The answer to one of this root's fetches (`None` when the call is not one of its own).
     /// Returns the worker and the time, as [`Root::on_tick`].
     pub fn on_http_call_response(&mut self, answer: &Answer) -> Option<(Rc<Worker>, u64)> {
-        let (index, lease) = self.pending.remove(&answer.token)?;
         let worker = self.worker.clone()?;
-        let now = now_ms()?;
+        let (index, lease) = self
+            .pending
+            .remove(&answer.token)
+            .or_else(|| worker.orphans.borrow_mut().remove(&answer.token))?;
+        let Some(now) = now_ms() else {
+            jwks::abandon(&worker, index, lease);
+            return None;
+        };
         jwks::finish(&worker, index, lease, answer, now);
         self.adjust_tick();
         Some((worker, now))

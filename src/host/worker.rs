@@ -2,8 +2,10 @@
 //! worker's keys, metrics, token cache, host crypto, and the requests waiting for first keys.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use crate::engine::Engine;
+use crate::jwks_sync::Lease;
 use crate::jwt::cache::TokenCache;
 
 use super::crypto::BoringSsl;
@@ -12,6 +14,10 @@ use super::metrics::Metrics;
 
 /// At most this many requests per worker wait for first keys; more are answered at once.
 pub const MAX_WAITING: usize = 1024;
+
+/// At most this many kid-miss fetches per worker outlive their request (each takes the
+/// provider's refetch slot, so there are few).
+pub const MAX_ORPHANS: usize = 64;
 
 /// What every HTTP context of this configuration on this worker shares.
 pub struct Worker {
@@ -22,4 +28,7 @@ pub struct Worker {
     pub crypto: BoringSsl,
     /// HTTP contexts waiting for a provider's first keys.
     pub waiting: RefCell<Vec<u32>>,
+    /// Kid-miss fetches whose request went away: call token → provider and lease. The root
+    /// finishes them when their answer arrives.
+    pub orphans: RefCell<HashMap<u32, (usize, Lease)>>,
 }
