@@ -122,3 +122,59 @@ fn a_request_body_waits_with_its_request_during_a_kid_miss_refetch() {
     );
     assert!(s.idp.fetches() >= 2, "the unknown kid caused a refetch");
 }
+
+#[test]
+fn a_kid_miss_fetch_whose_request_went_away_still_loads_the_keys() {
+    let old = Signer::es256("k-old");
+    let new = Signer::es256("k-new");
+    let idp = JwksServer::start(jwks(&[&old]));
+    // One kid-miss refetch per minute: if the orphaned fetch's answer were dropped, the new key
+    // would stay unknown for that long.
+    let plugin = json!({"providers": [{
+        "name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+        "jwksUri": format!("http://idp.test{JWKS_PATH}"), "jwksCluster": "idp",
+        "jwksRefreshSeconds": 3600, "kidMissRefetchSeconds": 60
+    }]});
+    let s = Stack::start("wait-orphan", idp, &plugin, false, 2);
+    let port = s.envoy.port("plain");
+    let get = |t: &str| {
+        Client::plain(port)
+            .get("/", &[("authorization", &format!("Bearer {t}"))])
+            .status
+    };
+    let t_old = old.sign(&claims(json!({})));
+    eventually("keys loaded", Duration::from_secs(20), || {
+        get(&t_old) == 200
+    });
+    let before = s.idp.fetches();
+
+    // The IdP rotates and answers slowly; a token under the new key arrives and its client
+    // hangs up while the refetch it caused is in flight.
+    s.idp.set(200, jwks(&[&old, &new]));
+    s.idp.set_slow(Duration::from_millis(800));
+    let t_new = new.sign(&claims(json!({})));
+    {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let req = format!(
+            "GET /gone HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t_new}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).unwrap();
+        eventually(
+            "the refetch reached the IdP",
+            Duration::from_secs(10),
+            || s.idp.fetches() > before,
+        );
+    } // the connection closes here, before the answer
+    s.idp.set_slow(Duration::ZERO);
+    eventually(
+        "the new key is loaded by the orphaned fetch",
+        Duration::from_secs(10),
+        || get(&t_new) == 200,
+    );
+    assert_eq!(s.idp.fetches(), before + 1, "no second fetch was needed");
+    assert_eq!(
+        s.upstream.count("/gone"),
+        0,
+        "the abandoned request never went upstream"
+    );
+}
