@@ -28,7 +28,8 @@ use crate::policy::{Mode, Route, TokenUse, Unmatched};
 use crate::ratelimit::budget::{self, Admission};
 use crate::ratelimit::store::{charge, BucketStore, Charge};
 use crate::ratelimit::{
-    identity_hash, IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, SlotSecret, Verdict,
+    identity_hash, slot_key, slot_of, slot_prefix, IdentitySource, KeyKind, Limit, LimitChoice,
+    RateLimits, SlotKind, SlotSecret, Verdict,
 };
 use crate::request::RequestView;
 
@@ -40,8 +41,8 @@ pub struct Engine {
     pub plugin: String,
     /// The proxy's secret for slot choice and token memories (see [`identity_hash`]).
     secret: SlotSecret,
-    /// Per rate-limit policy: `meshguard/<plugin>/rl/<policy>/`, the prefix of its slot keys.
-    slot_prefixes: Vec<String>,
+    /// Per rate-limit policy: the prefixes of its bucket and failed-auth slot keys.
+    slot_prefixes: Vec<(String, String)>,
     /// Every refusal's answer, built with the configured realm.
     answers: Answers,
 }
@@ -85,7 +86,12 @@ impl Engine {
         let slot_prefixes = config.rate_limits.as_ref().map_or_else(Vec::new, |rl| {
             rl.limits
                 .iter()
-                .map(|l| format!("meshguard/{plugin}/rl/{}/", l.name))
+                .map(|l| {
+                    (
+                        slot_prefix(plugin, SlotKind::Bucket, l),
+                        slot_prefix(plugin, SlotKind::FailedAuth, l),
+                    )
+                })
                 .collect()
         });
         Engine {
@@ -116,16 +122,17 @@ impl Engine {
                     })
                 })
         };
-        let plugin = &self.plugin;
         let mut keys = Vec::new();
-        for (i, l) in rl.limits.iter().enumerate() {
+        for (i, (l, (bucket, failed_auth))) in rl.limits.iter().zip(&self.slot_prefixes).enumerate()
+        {
+            let slots = 0..u64::from(l.slots);
             if rl.failed_auth == Some(i) {
-                keys.extend((0..l.slots).map(|s| format!("meshguard/{plugin}/fa/{}/{s}", l.name)));
+                keys.extend(slots.clone().map(|s| slot_key(failed_auth, s)));
                 if !charged(i) {
                     continue;
                 }
             }
-            keys.extend((0..l.slots).map(|s| format!("meshguard/{plugin}/rl/{}/{s}", l.name)));
+            keys.extend(slots.map(|s| slot_key(bucket, s)));
         }
         keys
     }
@@ -462,12 +469,13 @@ impl Engine {
     /// The request source's failed-auth slot, when a `failedAuth` policy is configured.
     fn failed_auth_gate(&self, peer: &Peer) -> Option<Gate<'_>> {
         let rl = self.config.rate_limits.as_ref()?;
-        let limit = rl.limits.get(rl.failed_auth?)?;
+        let index = rl.failed_auth?;
+        let limit = rl.limits.get(index)?;
+        let (_, prefix) = self.slot_prefixes.get(index)?;
         let hash = identity_hash(&self.secret, &source_ip_identity(peer));
-        let slot = hash % u64::from(limit.slots.max(1));
         Some(Gate {
             limit,
-            key: format!("meshguard/{}/fa/{}/{slot}", self.plugin, limit.name),
+            key: slot_key(prefix, slot_of(limit, hash)),
             fingerprint: budget::fingerprint(hash),
         })
     }
@@ -519,7 +527,11 @@ impl Engine {
                 KeyKind::SourceIp => identity_hash(&self.secret, &source_ip_identity(peer)),
                 KeyKind::Identity => self.identity(rl, peer, principal),
             };
-            let key = self.slot_key(index, limit, hash);
+            let prefix = self
+                .slot_prefixes
+                .get(index)
+                .map_or("", |(b, _)| b.as_str());
+            let key = slot_key(prefix, slot_of(limit, hash));
             match charge(inputs.buckets, &key, limit, cost, inputs.now_ns, hash) {
                 Charge::Done { verdict, shared } => {
                     if shared {
@@ -629,18 +641,6 @@ impl Engine {
             }
         }
         identity_hash(&self.secret, &source_ip_identity(peer))
-    }
-
-    /// Shared-data key of a limit's slot: `meshguard/<plugin>/rl/<limit>/<slot>`, from the
-    /// limit's prefix built at configure time.
-    fn slot_key(&self, index: usize, limit: &Limit, hash: u64) -> String {
-        use std::fmt::Write as _;
-        let slot = hash % u64::from(limit.slots.max(1));
-        let prefix = self.slot_prefixes.get(index).map_or("", String::as_str);
-        let mut key = String::with_capacity(prefix.len() + 10);
-        key.push_str(prefix);
-        let _ = write!(key, "{slot}");
-        key
     }
 }
 

@@ -229,10 +229,37 @@ pub fn stable_hash(text: &str) -> u64 {
     h.finish()
 }
 
-/// Shared-data key of a limit's slot: `meshguard/<plugin>/rl/<limit>/<slot>`.
-pub fn slot_key(plugin: &str, limit: &Limit, hash: u64) -> String {
-    let slot = hash % u64::from(limit.slots.max(1));
-    format!("meshguard/{plugin}/rl/{}/{slot}", limit.name)
+/// The two families of a policy's slots in shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Its GCRA buckets (`rl`).
+    Bucket,
+    /// Its failed-authentication slots (`fa`, [`budget`]'s layout).
+    FailedAuth,
+}
+
+/// The prefix of a policy's slot keys: `meshguard/<plugin>/<rl|fa>/<policy>/` (built once per
+/// configuration; a slot's key is this plus the slot number, see [`slot_key`]).
+pub fn slot_prefix(plugin: &str, kind: SlotKind, limit: &Limit) -> String {
+    let family = match kind {
+        SlotKind::Bucket => "rl",
+        SlotKind::FailedAuth => "fa",
+    };
+    format!("meshguard/{plugin}/{family}/{}/", limit.name)
+}
+
+/// The slot an identity hash falls in.
+pub fn slot_of(limit: &Limit, hash: u64) -> u64 {
+    hash % u64::from(limit.slots.max(1))
+}
+
+/// Shared-data key of slot `slot` under `prefix` (from [`slot_prefix`]).
+pub fn slot_key(prefix: &str, slot: u64) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(prefix.len() + 10);
+    key.push_str(prefix);
+    let _ = write!(key, "{slot}");
+    key
 }
 
 #[cfg(test)]

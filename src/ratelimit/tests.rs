@@ -190,7 +190,10 @@ fn identity_hashes_are_stable_and_keys_bounded() {
     );
     let l = limit(1, 1, 1);
     let keys: std::collections::HashSet<String> = (0..10_000)
-        .map(|i| slot_key("p", &l, identity_hash(&[1; 16], &format!("ip:{i}"))))
+        .map(|i| {
+            let hash = identity_hash(&[1; 16], &format!("ip:{i}"));
+            slot_key(&slot_prefix("p", SlotKind::Bucket, &l), slot_of(&l, hash))
+        })
         .collect();
     assert_eq!(keys.len(), 8, "10,000 identities, 8 slots");
     assert!(keys.iter().all(|k| k.starts_with("meshguard/p/rl/l/")));
