@@ -19,6 +19,7 @@ use base64::Engine as _;
 use crate::jwt::Algorithm;
 
 pub mod htu;
+pub mod proof;
 pub mod thumbprint;
 
 /// How a provider treats DPoP.
