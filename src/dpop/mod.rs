@@ -20,6 +20,7 @@ use crate::jwt::Algorithm;
 
 pub mod htu;
 pub mod proof;
+pub mod replay;
 pub mod thumbprint;
 
 /// How a provider treats DPoP.
