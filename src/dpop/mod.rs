@@ -19,6 +19,7 @@ use base64::Engine as _;
 use crate::jwt::Algorithm;
 
 pub mod htu;
+pub mod nonce;
 pub mod proof;
 pub mod replay;
 pub mod thumbprint;
