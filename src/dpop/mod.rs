@@ -47,12 +47,12 @@ pub struct Config {
     /// Asymmetric only: [`Algorithm`] has no `none` or `HS*`. The proof key's type must permit
     /// the proof's `alg`. Default: `ES256`, `RS256` (both verified by the host's BoringSSL).
     pub algorithms: Vec<Algorithm>,
-    /// Seconds after its `iat` that a proof is still accepted (plus `skew_secs`). It also bounds
+    /// Seconds after its `iat` that a proof is still accepted (plus `clock_skew_seconds`). It also bounds
     /// how long a `jti` is kept by the replay cache. Default: 60.
-    pub max_age_secs: u64,
+    pub proof_max_age_seconds: u64,
     /// Seconds of clock difference with the client tolerated either way: an `iat` up to this far
-    /// in the future is accepted, and a proof up to `max_age_secs + skew_secs` old. Default: 5.
-    pub skew_secs: u64,
+    /// in the future is accepted, and a proof up to `proof_max_age_seconds + clock_skew_seconds` old. Default: 5.
+    pub clock_skew_seconds: u64,
     /// The origins (`scheme://host[:port]`) clients use to reach this service, for `htu`. Empty:
     /// the request's own scheme and `:authority` (right only when clients reach the sidecar
     /// directly). Default: empty.
@@ -63,8 +63,8 @@ pub struct Config {
     /// Require a `nonce` claim issued by meshguard ([`nonce`]). Default: false.
     pub require_nonce: bool,
     /// Seconds per nonce time step: a nonce is accepted during its step and the next one
-    /// (between `nonce_step_secs` and twice that). Default: 60.
-    pub nonce_step_secs: u64,
+    /// (between `nonce_step_seconds` and twice that). Default: 60.
+    pub nonce_step_seconds: u64,
     /// Shards of the replay cache (one shared-data key each, created at configure time).
     /// Default: 256.
     pub replay_shards: u32,
@@ -82,12 +82,12 @@ impl Default for Config {
         Config {
             mode: Mode::Off,
             algorithms: vec![Algorithm::ES256, Algorithm::RS256],
-            max_age_secs: 60,
-            skew_secs: 5,
+            proof_max_age_seconds: 60,
+            clock_skew_seconds: 5,
             public_origins: Vec::new(),
             trust_forwarded_headers: false,
             require_nonce: false,
-            nonce_step_secs: 60,
+            nonce_step_seconds: 60,
             replay_shards: 256,
             replay_shard_entries: 64,
             max_proof_bytes: 4096,

@@ -62,8 +62,8 @@ impl Proof {
     /// The last second this proof is acceptable, and so how long its `jti` must be remembered.
     pub fn replay_until(&self, cfg: &Config) -> u64 {
         self.iat
-            .saturating_add(cfg.max_age_secs)
-            .saturating_add(cfg.skew_secs)
+            .saturating_add(cfg.proof_max_age_seconds)
+            .saturating_add(cfg.clock_skew_seconds)
     }
 }
 
@@ -186,12 +186,12 @@ pub fn check(
         });
     }
     htu::check(htu_claim, req.htu).map_err(ProofError::Uri)?;
-    if iat > now.saturating_add(cfg.skew_secs) {
+    if iat > now.saturating_add(cfg.clock_skew_seconds) {
         return Err(ProofError::IssuedInFuture(iat - now));
     }
     let oldest = now
-        .saturating_sub(cfg.max_age_secs)
-        .saturating_sub(cfg.skew_secs);
+        .saturating_sub(cfg.proof_max_age_seconds)
+        .saturating_sub(cfg.clock_skew_seconds);
     if iat < oldest {
         return Err(ProofError::TooOld(now - iat));
     }

@@ -15,7 +15,7 @@
 //! not a nonce (a nonce does not make a proof take less room).
 //!
 //! Protection is per proxy: another replica has its own cache. Across a fleet a short window
-//! (`max_age_secs`) bounds how long a stolen proof is usable, and nonces (issued per proxy,
+//! (`proof_max_age_seconds`) bounds how long a stolen proof is usable, and nonces (issued per proxy,
 //! valid for one or two time steps) narrow it further.
 
 use crate::ratelimit::store::{BucketStore, MAX_CAS_ATTEMPTS};
