@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::headers::header_name;
-use super::validate::{claim_path, is_short_name, split_uri, within};
+use super::validate::{self, claim_path, is_short_name, split_uri, within};
 use super::ConfigError;
 use crate::jwt::extract::TokenSource;
 use crate::jwt::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
@@ -256,35 +256,10 @@ fn allowed_algorithms(
     at: &impl Fn(&str) -> String,
     algorithms: Option<Vec<String>>,
 ) -> Result<Vec<Algorithm>, ConfigError> {
-    let Some(list) = algorithms else {
-        return Ok(Algorithm::ALL.to_vec());
-    };
-    if list.is_empty() {
-        return Err(ConfigError::new(
-            at("algorithms"),
-            "must list at least one algorithm",
-        ));
+    match algorithms {
+        None => Ok(Algorithm::ALL.to_vec()),
+        Some(list) => validate::algorithms(&at("algorithms"), &list),
     }
-    let mut algs = Vec::new();
-    for (j, a) in list.iter().enumerate() {
-        let alg = Algorithm::parse(a).ok_or_else(|| {
-            ConfigError::new(
-                at(&format!("algorithms[{j}]")),
-                format!(
-                    "unsupported algorithm \"{a}\", expected one of: {}",
-                    Algorithm::ALL
-                        .iter()
-                        .map(|a| a.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
-        if !algs.contains(&alg) {
-            algs.push(alg);
-        }
-    }
-    Ok(algs)
 }
 
 /// Inline keys (`jwks`, parsed now) or a remote JWKS (`jwksUri` and its settings): exactly one.
