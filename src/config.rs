@@ -7,6 +7,7 @@
 //! | this file | [`Config`], [`ConfigError`], the top-level members and the order they are checked in |
 //! | `wire` | JSON text or protobuf `Struct` → one JSON value: duplicate members, string bounds |
 //! | `provider` | `providers[]` → [`Provider`]s and their shared [`TokenSource`]s |
+//! | `dpop` | a provider's `dpop` object → [`crate::dpop::Config`] (RFC 9449) |
 //! | `headers` | header names, and the headers meshguard sets upstream checked together |
 //! | `routes` | `routes[]` → [`Policy`] |
 //! | `ratelimits` | `rateLimits` → [`RateLimits`] |
@@ -15,6 +16,7 @@
 //! The validated provider types belong to the verifier ([`crate::jwt::provider`]) and are
 //! re-exported here: configuration depends on `jwt`, never the other way round.
 
+mod dpop;
 mod headers;
 mod provider;
 mod ratelimits;

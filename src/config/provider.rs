@@ -70,6 +70,8 @@ pub(super) struct RawProvider {
     forward_original_token: bool,
     #[serde(default)]
     require_certificate_binding: bool,
+    #[serde(default)]
+    dpop: Option<super::dpop::RawDpop>,
 }
 
 /// Istio gives `jwks` as a string holding the JSON document; a JSON object is accepted too.
@@ -172,6 +174,7 @@ fn provider(
         output_claim_to_headers,
         forward_original_token,
         require_certificate_binding,
+        dpop,
     } = rp;
 
     let name = name.unwrap_or_else(|| format!("p{i}"));
@@ -227,6 +230,11 @@ fn provider(
     };
     let keys = key_source(&at, jwks, jwks_uri, remote, &algorithms)?;
     let sources = sources(&at, from_headers, from_params, token_sources)?;
+    let carried: Vec<&TokenSource> = sources
+        .iter()
+        .filter_map(|&k| token_sources.get(k))
+        .collect();
+    let dpop = super::dpop::dpop(&at, dpop, &carried)?;
 
     let mut claim_headers = Vec::new();
     for (j, c) in output_claim_to_headers.into_iter().enumerate() {
@@ -248,6 +256,7 @@ fn provider(
         claim_headers,
         forward_original_token,
         require_certificate_binding,
+        dpop,
     })
 }
 

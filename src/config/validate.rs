@@ -17,6 +17,19 @@ pub(super) fn within(at: &str, value: u64, min: u64, max: u64) -> Result<u64, Co
     }
 }
 
+/// `value` if it lies in `min..=max`, else an error naming the field and the bounds' unit
+/// (`must be between 1 and 600 seconds`).
+pub(super) fn within_unit(
+    at: &str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    within(at, value, min, max)
+        .map_err(|_| ConfigError::new(at, format!("must be between {min} and {max} {unit}")))
+}
+
 /// A list of JWS algorithm names (`at` is the list's path): at least one, each one meshguard
 /// verifies (`none` and `HS*` have no name here), repeats dropped, order kept.
 pub(super) fn algorithms(at: &str, list: &[String]) -> Result<Vec<Algorithm>, ConfigError> {

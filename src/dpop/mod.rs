@@ -1,6 +1,7 @@
 //! DPoP (RFC 9449): sender-constrained access tokens, checked at the sidecar. **Building blocks,
-//! not yet wired** into the engine, the host or the configuration: this module is plain Rust
-//! with `now` passed in, like the rest of the core.
+//! not yet wired** into the engine or the host (the configuration parses a provider's `dpop`
+//! object into [`Config`], and nothing reads it yet): this module is plain Rust with `now`
+//! passed in, like the rest of the core.
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -10,8 +11,8 @@
 //! | [`replay`] | a bounded `jti` replay cache shared by all workers of one proxy (CAS over shared data) |
 //! | [`nonce`] | stateless `DPoP-Nonce` values: a MAC over a time step with the proxy's secret |
 //!
-//! [`Config`] is the shape the validated configuration will take once it is parsed (the wiring
-//! step); its defaults are the ones the reference will document.
+//! [`Config`] is a provider's validated `dpop` object, built by [`crate::config`]; its fields
+//! are named after the configuration keys, and its defaults are the ones the README documents.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -22,10 +22,10 @@ use crate::ratelimit::store::{BucketStore, MAX_CAS_ATTEMPTS};
 use crate::ratelimit::{identity_hash, SlotSecret};
 
 /// Bytes of one record: hash (u64 LE) and expiry (u32 LE, seconds since the epoch).
-const RECORD: usize = 12;
+pub const RECORD_BYTES: usize = 12;
 /// Most shards (shared-data keys) one cache may have.
 pub const MAX_SHARDS: u32 = 4096;
-/// Most records one shard may hold (a read copies the whole shard).
+/// Most records one shard may hold: a read copies the whole shard (at most 3 KiB).
 pub const MAX_ENTRIES: u16 = 256;
 
 /// Why a proof was not recorded.
@@ -113,17 +113,17 @@ impl ReplayCache {
 }
 
 fn decode(bytes: &[u8]) -> impl Iterator<Item = (u64, u32)> + '_ {
-    bytes.chunks_exact(RECORD).map(|r| {
+    bytes.chunks_exact(RECORD_BYTES).map(|r| {
         let mut h = [0u8; 8];
         let mut e = [0u8; 4];
         h.copy_from_slice(r.get(..8).unwrap_or(&[0; 8]));
-        e.copy_from_slice(r.get(8..RECORD).unwrap_or(&[0; 4]));
+        e.copy_from_slice(r.get(8..RECORD_BYTES).unwrap_or(&[0; 4]));
         (u64::from_le_bytes(h), u32::from_le_bytes(e))
     })
 }
 
 fn encode(records: &[(u64, u32)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(records.len() * RECORD);
+    let mut out = Vec::with_capacity(records.len() * RECORD_BYTES);
     for (h, e) in records {
         out.extend_from_slice(&h.to_le_bytes());
         out.extend_from_slice(&e.to_le_bytes());
