@@ -100,6 +100,17 @@ pub(super) fn dpop(
         "seconds",
     )?;
     let public_origins = origins(&d, &public_origins)?;
+    if trust_forwarded_headers && public_origins.len() >= MAX_DPOP_PUBLIC_ORIGINS {
+        // htu::expected yields at most MAX_CANDIDATES URIs: the forwarded one would be dropped.
+        return Err(ConfigError::new(
+            d("publicOrigins"),
+            format!(
+                "at most {} origins with trustForwardedHeaders: true (the forwarded origin is \
+                 one more of the {MAX_DPOP_PUBLIC_ORIGINS} a request is compared with)",
+                MAX_DPOP_PUBLIC_ORIGINS - 1
+            ),
+        ));
+    }
     if nonce_step_seconds.is_some() && !require_nonce {
         return Err(ConfigError::new(
             d("nonceStepSeconds"),

@@ -336,6 +336,23 @@ fn public_origins_are_origins_kept_normalised() {
         .len(),
         16
     );
+    // With forwarded headers trusted, the forwarded origin is the sixteenth candidate.
+    let fifteen: Vec<String> = (0..15)
+        .map(|k| format!("https://h{k}.example.com"))
+        .collect();
+    let c = dpop_of(with_dpop(
+        json!({"mode": "allowed", "publicOrigins": fifteen,
+        "trustForwardedHeaders": true}),
+    ));
+    assert_eq!(c.unwrap().public_origins.len(), 15);
+    assert_eq!(
+        err(with_dpop(
+            json!({"mode": "allowed", "publicOrigins": sixteen,
+            "trustForwardedHeaders": true})
+        )),
+        "providers[0].dpop.publicOrigins: at most 15 origins with trustForwardedHeaders: true \
+         (the forwarded origin is one more of the 16 a request is compared with)"
+    );
     let seventeen: Vec<String> = (0..17)
         .map(|k| format!("https://h{k}.example.com"))
         .collect();
