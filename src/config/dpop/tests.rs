@@ -453,3 +453,78 @@ fn each_provider_has_its_own_dpop_settings() {
         Some("providers[1].dpop.forwardProof: invalid type: integer `1`")
     );
 }
+
+/// The rows of the README's DPoP table: (field, default column).
+fn readme_dpop_rows() -> Vec<(String, String)> {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("### DPoP (RFC 9449)")
+        .nth(1)
+        .expect("README has a DPoP section");
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| field |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            (
+                cells[0]
+                    .trim_start_matches("| ")
+                    .trim_matches('`')
+                    .to_string(),
+                cells[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_every_member_with_its_default_and_bounds() {
+    // The members the parser knows, from its own error listing them.
+    let e = err(with_dpop(json!({"mode": "allowed", "x": 1})));
+    let listed = e.split("expected one of ").nth(1).unwrap();
+    let mut known: Vec<String> = listed
+        .split(", ")
+        .map(|f| f.trim_matches('`').to_string())
+        .collect();
+    let rows = readme_dpop_rows();
+    let mut documented: Vec<String> = rows.iter().map(|(f, _)| f.clone()).collect();
+    known.sort();
+    documented.sort();
+    assert_eq!(documented, known);
+    assert!(include_str!("../../../README.md").contains("| `dpop` | object | absent (off) |"));
+
+    // Each integer row's default and range, as written ("`60` (1–600)"), against the parser.
+    let defaults = dpop_of(with_dpop(json!({"mode": "allowed"}))).unwrap();
+    let mut checked = 0;
+    for (field, default) in rows {
+        let Some((value, range)) = default.split_once(" (") else {
+            continue;
+        };
+        let Ok(value) = value.trim_matches('`').parse::<u64>() else {
+            continue;
+        };
+        let (min, max) = range.trim_end_matches(')').split_once('–').unwrap();
+        let (min, max): (u64, u64) = (min.parse().unwrap(), max.parse().unwrap());
+        let actual = match field.as_str() {
+            "proofMaxAgeSeconds" => defaults.proof_max_age_seconds,
+            "clockSkewSeconds" => defaults.clock_skew_seconds,
+            "nonceStepSeconds" => defaults.nonce_step_seconds,
+            "replayShards" => u64::from(defaults.replay_shards),
+            "replayShardEntries" => u64::from(defaults.replay_shard_entries),
+            "maxProofBytes" => defaults.max_proof_bytes as u64,
+            other => panic!("an integer row the test does not know: {other}"),
+        };
+        assert_eq!(actual, value, "{field}");
+        let at =
+            |n: u64| with_dpop(json!({"mode": "allowed", "requireNonce": true, field.clone(): n}));
+        assert!(parse(at(min)).is_ok() && parse(at(max)).is_ok(), "{field}");
+        assert!(parse(at(max + 1)).is_err(), "{field}");
+        if min > 0 {
+            assert!(parse(at(min - 1)).is_err(), "{field}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
