@@ -165,7 +165,7 @@ spec:
 "#;
         let found = find_plugin_configs(manifest).unwrap();
         let config = check(&found[0]).unwrap();
-        let dpop = config.providers[0].dpop.as_ref().unwrap();
+        let dpop = config.dpop(0).unwrap();
         assert_eq!(dpop.mode, crate::dpop::Mode::Required);
         assert!(dpop.require_nonce);
         let bad = find_plugin_configs(

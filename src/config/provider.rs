@@ -97,10 +97,10 @@ struct RawClaimHeader {
     claim: String,
 }
 
-/// The providers, in order, and the token sources they point into.
-pub(super) fn providers(
-    raw: Vec<RawProvider>,
-) -> Result<(Vec<Provider>, Vec<TokenSource>), ConfigError> {
+/// The providers, in order, the token sources they point into, and each provider's DPoP
+/// settings (same index as its provider; `None`: off). The DPoP settings are kept beside the
+/// providers rather than in them: `dpop` depends on `jwt`, so `jwt::Provider` cannot name them.
+pub(super) fn providers(raw: Vec<RawProvider>) -> Result<Providers, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new(
             "providers",
@@ -116,10 +116,11 @@ pub(super) fn providers(
 
     let mut token_sources: Vec<TokenSource> = Vec::new();
     let mut providers = Vec::with_capacity(raw.len());
+    let mut dpop = Vec::with_capacity(raw.len());
     let mut names = BTreeSet::new();
     let mut issuers = BTreeSet::new();
     for (i, rp) in raw.into_iter().enumerate() {
-        let p = provider(i, rp, &mut token_sources)?;
+        let (p, d) = provider(i, rp, &mut token_sources)?;
         if !names.insert(p.name.clone()) {
             return Err(ConfigError::new(
                 format!("providers[{i}].name"),
@@ -133,8 +134,20 @@ pub(super) fn providers(
             ));
         }
         providers.push(p);
+        dpop.push(d);
     }
-    Ok((providers, token_sources))
+    Ok(Providers {
+        providers,
+        token_sources,
+        dpop,
+    })
+}
+
+/// What [`providers`] builds.
+pub(super) struct Providers {
+    pub providers: Vec<Provider>,
+    pub token_sources: Vec<TokenSource>,
+    pub dpop: Vec<Option<crate::dpop::Config>>,
 }
 
 /// The `jwksUri`-only members, checked together once the key source is known.
@@ -151,7 +164,7 @@ fn provider(
     i: usize,
     rp: RawProvider,
     token_sources: &mut Vec<TokenSource>,
-) -> Result<Provider, ConfigError> {
+) -> Result<(Provider, Option<crate::dpop::Config>), ConfigError> {
     let at = |field: &str| format!("providers[{i}].{field}");
     let RawProvider {
         name,
@@ -243,7 +256,7 @@ fn provider(
         claim_headers.push(ClaimHeader { header, claim });
     }
 
-    Ok(Provider {
+    let provider = Provider {
         name,
         issuer,
         audiences,
@@ -256,8 +269,8 @@ fn provider(
         claim_headers,
         forward_original_token,
         require_certificate_binding,
-        dpop,
-    })
+    };
+    Ok((provider, dpop))
 }
 
 /// `algorithms`, or every supported algorithm when not given; repeats are dropped.

@@ -22,8 +22,6 @@ pub struct Provider {
     pub forward_original_token: bool,
     /// RFC 8705: tokens must carry `cnf.x5t#S256`.
     pub require_certificate_binding: bool,
-    /// RFC 9449 DPoP settings; `None`: DPoP is off (`Authorization: DPoP` is not a credential).
-    pub dpop: Option<crate::dpop::Config>,
 }
 
 #[derive(Debug, Clone)]

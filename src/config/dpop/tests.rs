@@ -12,7 +12,7 @@ fn with_dpop(dpop: Value) -> Value {
 }
 
 fn dpop_of(v: Value) -> Option<DpopConfig> {
-    parse(v).unwrap().providers[0].dpop.clone()
+    parse(v).unwrap().dpop(0).cloned()
 }
 
 fn origins_of(v: Value) -> Vec<String> {
@@ -257,10 +257,7 @@ fn a_member_given_twice_is_refused_with_its_path() {
     );
     let once = text(r#"{"mode": "allowed", "proofMaxAgeSeconds": 30}"#);
     let c = crate::config::Config::from_json(once.as_bytes()).unwrap();
-    assert_eq!(
-        c.providers[0].dpop.as_ref().unwrap().proof_max_age_seconds,
-        30
-    );
+    assert_eq!(c.dpop(0).unwrap().proof_max_age_seconds, 30);
 }
 
 #[test]
@@ -435,9 +432,9 @@ fn each_provider_has_its_own_dpop_settings() {
     ]}))
     .unwrap();
     let modes: Vec<Option<(Mode, u64)>> = c
-        .providers
+        .dpop
         .iter()
-        .map(|p| p.dpop.as_ref().map(|d| (d.mode, d.proof_max_age_seconds)))
+        .map(|d| d.as_ref().map(|d| (d.mode, d.proof_max_age_seconds)))
         .collect();
     assert_eq!(
         modes,
