@@ -148,4 +148,34 @@ static_resources:
             "providers: at least one provider is required"
         );
     }
+
+    #[test]
+    fn a_provider_with_dpop_is_checked_by_the_same_parser() {
+        let manifest = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: guard}
+spec:
+  pluginConfig:
+    providers:
+    - issuer: "https://i"
+      jwksUri: "https://i/k"
+      jwksCluster: "c"
+      dpop: {mode: required, publicOrigins: ["https://api.example.com"], requireNonce: true}
+"#;
+        let found = find_plugin_configs(manifest).unwrap();
+        let config = check(&found[0]).unwrap();
+        let dpop = config.dpop(0).unwrap();
+        assert_eq!(dpop.mode, crate::dpop::Mode::Required);
+        assert!(dpop.require_nonce);
+        let bad = find_plugin_configs(
+            r#"{"providers": [{"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": "c",
+                "dpop": {"mode": "allowed", "proofMaxAgeSeconds": 900}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            check(&bad[0]).unwrap_err().to_string(),
+            "providers[0].dpop.proofMaxAgeSeconds: must be between 1 and 600 seconds"
+        );
+    }
 }

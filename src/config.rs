@@ -7,6 +7,7 @@
 //! | this file | [`Config`], [`ConfigError`], the top-level members and the order they are checked in |
 //! | `wire` | JSON text or protobuf `Struct` → one JSON value: duplicate members, string bounds |
 //! | `provider` | `providers[]` → [`Provider`]s and their shared [`TokenSource`]s |
+//! | `dpop` | a provider's `dpop` object → [`crate::dpop::Config`] (RFC 9449) |
 //! | `headers` | header names, and the headers meshguard sets upstream checked together |
 //! | `routes` | `routes[]` → [`Policy`] |
 //! | `ratelimits` | `rateLimits` → [`RateLimits`] |
@@ -15,6 +16,7 @@
 //! The validated provider types belong to the verifier ([`crate::jwt::provider`]) and are
 //! re-exported here: configuration depends on `jwt`, never the other way round.
 
+mod dpop;
 mod headers;
 mod provider;
 mod ratelimits;
@@ -126,6 +128,10 @@ pub enum LogLevel {
 pub struct Config {
     pub realm: String,
     pub providers: Vec<Provider>,
+    /// Each provider's DPoP (RFC 9449) settings, at its index in `providers`; `None`: DPoP is
+    /// off for it. Kept beside the providers because `dpop` depends on `jwt`. Not read by the
+    /// request pipeline yet.
+    pub dpop: Vec<Option<crate::dpop::Config>>,
     pub principal_header: String,
     pub peer_headers: Vec<PeerHeader>,
     /// Every header meshguard may set upstream; client-sent copies are removed on every request.
@@ -147,6 +153,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The DPoP settings of the provider at index `provider`, or `None` when DPoP is off for it.
+    pub fn dpop(&self, provider: usize) -> Option<&crate::dpop::Config> {
+        self.dpop.get(provider).and_then(Option::as_ref)
+    }
+
     /// Per provider: its inline key set, or `None` for a remote JWKS.
     pub fn inline_keys(&self) -> Vec<Option<crate::jwt::jwks::KeySet>> {
         self.providers
@@ -205,7 +216,11 @@ impl TryFrom<RawConfig> for Config {
                 ),
             ));
         }
-        let (providers, token_sources) = provider::providers(providers)?;
+        let provider::Providers {
+            providers,
+            token_sources,
+            dpop,
+        } = provider::providers(providers)?;
         let headers::Outputs {
             principal_header,
             peer_headers,
@@ -243,6 +258,7 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             realm,
             providers,
+            dpop,
             principal_header,
             peer_headers,
             owned_headers,

@@ -17,6 +17,7 @@
 //! | [`policy`] | routes (first match wins), path normalisation, requirements |
 //! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
 //! | [`engine`] | the pipeline: one call per request |
+//! | [`dpop`] | DPoP (RFC 9449) building blocks, not yet wired: proofs, thumbprints, `htu`, replay cache, nonces |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
 //! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |
 
@@ -24,6 +25,7 @@
 pub mod check;
 pub mod config;
 pub mod decision;
+pub mod dpop;
 pub mod engine;
 pub mod identity;
 pub mod jwks_sync;

@@ -190,7 +190,7 @@ pub struct MemStore {
 }
 
 impl MemStore {
-    fn with_slots(keys: impl IntoIterator<Item = String>) -> MemStore {
+    pub fn with_slots(keys: impl IntoIterator<Item = String>) -> MemStore {
         MemStore {
             map: std::cell::RefCell::new(keys.into_iter().map(|k| (k, (Vec::new(), 1))).collect()),
             lose: std::cell::RefCell::new(0),

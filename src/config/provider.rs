@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::headers::header_name;
-use super::validate::{claim_path, is_short_name, split_uri, within};
+use super::validate::{self, claim_path, is_short_name, split_uri, within};
 use super::ConfigError;
 use crate::jwt::extract::TokenSource;
 use crate::jwt::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
@@ -70,6 +70,8 @@ pub(super) struct RawProvider {
     forward_original_token: bool,
     #[serde(default)]
     require_certificate_binding: bool,
+    #[serde(default)]
+    dpop: Option<super::dpop::RawDpop>,
 }
 
 /// Istio gives `jwks` as a string holding the JSON document; a JSON object is accepted too.
@@ -95,10 +97,10 @@ struct RawClaimHeader {
     claim: String,
 }
 
-/// The providers, in order, and the token sources they point into.
-pub(super) fn providers(
-    raw: Vec<RawProvider>,
-) -> Result<(Vec<Provider>, Vec<TokenSource>), ConfigError> {
+/// The providers, in order, the token sources they point into, and each provider's DPoP
+/// settings (same index as its provider; `None`: off). The DPoP settings are kept beside the
+/// providers rather than in them: `dpop` depends on `jwt`, so `jwt::Provider` cannot name them.
+pub(super) fn providers(raw: Vec<RawProvider>) -> Result<Providers, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::new(
             "providers",
@@ -114,10 +116,11 @@ pub(super) fn providers(
 
     let mut token_sources: Vec<TokenSource> = Vec::new();
     let mut providers = Vec::with_capacity(raw.len());
+    let mut dpop = Vec::with_capacity(raw.len());
     let mut names = BTreeSet::new();
     let mut issuers = BTreeSet::new();
     for (i, rp) in raw.into_iter().enumerate() {
-        let p = provider(i, rp, &mut token_sources)?;
+        let (p, d) = provider(i, rp, &mut token_sources)?;
         if !names.insert(p.name.clone()) {
             return Err(ConfigError::new(
                 format!("providers[{i}].name"),
@@ -131,8 +134,20 @@ pub(super) fn providers(
             ));
         }
         providers.push(p);
+        dpop.push(d);
     }
-    Ok((providers, token_sources))
+    Ok(Providers {
+        providers,
+        token_sources,
+        dpop,
+    })
+}
+
+/// What [`providers`] builds.
+pub(super) struct Providers {
+    pub providers: Vec<Provider>,
+    pub token_sources: Vec<TokenSource>,
+    pub dpop: Vec<Option<crate::dpop::Config>>,
 }
 
 /// The `jwksUri`-only members, checked together once the key source is known.
@@ -149,7 +164,7 @@ fn provider(
     i: usize,
     rp: RawProvider,
     token_sources: &mut Vec<TokenSource>,
-) -> Result<Provider, ConfigError> {
+) -> Result<(Provider, Option<crate::dpop::Config>), ConfigError> {
     let at = |field: &str| format!("providers[{i}].{field}");
     let RawProvider {
         name,
@@ -172,6 +187,7 @@ fn provider(
         output_claim_to_headers,
         forward_original_token,
         require_certificate_binding,
+        dpop,
     } = rp;
 
     let name = name.unwrap_or_else(|| format!("p{i}"));
@@ -227,6 +243,11 @@ fn provider(
     };
     let keys = key_source(&at, jwks, jwks_uri, remote, &algorithms)?;
     let sources = sources(&at, from_headers, from_params, token_sources)?;
+    let carried: Vec<&TokenSource> = sources
+        .iter()
+        .filter_map(|&k| token_sources.get(k))
+        .collect();
+    let dpop = super::dpop::dpop(&at, dpop, &carried)?;
 
     let mut claim_headers = Vec::new();
     for (j, c) in output_claim_to_headers.into_iter().enumerate() {
@@ -235,7 +256,7 @@ fn provider(
         claim_headers.push(ClaimHeader { header, claim });
     }
 
-    Ok(Provider {
+    let provider = Provider {
         name,
         issuer,
         audiences,
@@ -248,7 +269,8 @@ fn provider(
         claim_headers,
         forward_original_token,
         require_certificate_binding,
-    })
+    };
+    Ok((provider, dpop))
 }
 
 /// `algorithms`, or every supported algorithm when not given; repeats are dropped.
@@ -256,35 +278,10 @@ fn allowed_algorithms(
     at: &impl Fn(&str) -> String,
     algorithms: Option<Vec<String>>,
 ) -> Result<Vec<Algorithm>, ConfigError> {
-    let Some(list) = algorithms else {
-        return Ok(Algorithm::ALL.to_vec());
-    };
-    if list.is_empty() {
-        return Err(ConfigError::new(
-            at("algorithms"),
-            "must list at least one algorithm",
-        ));
+    match algorithms {
+        None => Ok(Algorithm::ALL.to_vec()),
+        Some(list) => validate::algorithms(&at("algorithms"), &list),
     }
-    let mut algs = Vec::new();
-    for (j, a) in list.iter().enumerate() {
-        let alg = Algorithm::parse(a).ok_or_else(|| {
-            ConfigError::new(
-                at(&format!("algorithms[{j}]")),
-                format!(
-                    "unsupported algorithm \"{a}\", expected one of: {}",
-                    Algorithm::ALL
-                        .iter()
-                        .map(|a| a.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
-        if !algs.contains(&alg) {
-            algs.push(alg);
-        }
-    }
-    Ok(algs)
 }
 
 /// Inline keys (`jwks`, parsed now) or a remote JWKS (`jwksUri` and its settings): exactly one.

@@ -5,19 +5,19 @@ use serde_json::{json, Value};
 use super::*;
 use crate::testkit::TestKeys;
 
-fn jwks() -> Value {
+pub(super) fn jwks() -> Value {
     TestKeys::new().jwks()
 }
 
-fn parse(v: Value) -> Result<Config, ConfigError> {
+pub(super) fn parse(v: Value) -> Result<Config, ConfigError> {
     Config::from_json(v.to_string().as_bytes())
 }
 
-fn err(v: Value) -> String {
+pub(super) fn err(v: Value) -> String {
     parse(v).unwrap_err().to_string()
 }
 
-fn with_provider(extra: Value) -> Value {
+pub(super) fn with_provider(extra: Value) -> Value {
     let mut p = json!({"issuer": "https://idp", "jwks": jwks().to_string()});
     p.as_object_mut()
         .unwrap()

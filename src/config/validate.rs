@@ -3,6 +3,7 @@
 
 use super::ConfigError;
 use crate::identity::PrincipalPattern;
+use crate::jwt::Algorithm;
 
 /// `value` if it lies in `min..=max`, else an error naming the field.
 pub(super) fn within(at: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -14,6 +15,47 @@ pub(super) fn within(at: &str, value: u64, min: u64, max: u64) -> Result<u64, Co
             format!("must be between {min} and {max}"),
         ))
     }
+}
+
+/// `value` if it lies in `min..=max`, else an error naming the field and the bounds' unit
+/// (`must be between 1 and 600 seconds`).
+pub(super) fn within_unit(
+    at: &str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    within(at, value, min, max)
+        .map_err(|_| ConfigError::new(at, format!("must be between {min} and {max} {unit}")))
+}
+
+/// A list of JWS algorithm names (`at` is the list's path): at least one, each one meshguard
+/// verifies (`none` and `HS*` have no name here), repeats dropped, order kept.
+pub(super) fn algorithms(at: &str, list: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(at, "must list at least one algorithm"));
+    }
+    let mut algs = Vec::new();
+    for (j, a) in list.iter().enumerate() {
+        let alg = Algorithm::parse(a).ok_or_else(|| {
+            ConfigError::new(
+                format!("{at}[{j}]"),
+                format!(
+                    "unsupported algorithm \"{a}\", expected one of: {}",
+                    Algorithm::ALL
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    Ok(algs)
 }
 
 /// Names used in shared-data keys and metrics: 1-32 characters of `[a-z0-9_-]`.

@@ -193,6 +193,13 @@ pub enum KeySelectError {
 }
 
 impl Key {
+    /// One JWK on its own, under the rules of a JWKS key (`use`, `key_ops`, `alg` against
+    /// `allowed`, RSA ≥ 2048 bits, EC points on the curve): a DPoP proof's header `jwk`. The
+    /// caller refuses private members first; this reads only the public ones.
+    pub fn from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
+        parse_key(jwk, allowed)
+    }
+
     /// Checks the signature of a whole compact token with this key and `alg`: through the
     /// host's crypto when it offers the algorithm, else with jwt-simple. Claims are not looked at
     /// here: `verify` checks them with its own explicit clock.
@@ -203,27 +210,49 @@ impl Key {
         host: Option<&dyn HostCrypto>,
     ) -> SignatureCheck {
         if let (Some(host), Some(der), Some(hash)) = (host, &self.host_der, host_hash(alg)) {
-            if let Some(valid) = host_verify(host, der, hash, token, alg) {
-                return if valid {
-                    SignatureCheck::Valid
-                } else {
-                    SignatureCheck::Invalid
-                };
+            if let Some(valid) = host_verify_token(host, der, hash, token, alg) {
+                return check(valid);
             }
         }
         let Some(v) = self.verifiers.iter().find(|v| v.algorithm() == alg) else {
             return SignatureCheck::Invalid;
         };
-        if v.verify(token) {
-            SignatureCheck::Valid
-        } else {
-            SignatureCheck::Invalid
+        check(v.verify(token))
+    }
+
+    /// Checks a JWS signature given as its parts: the signing input (`header.payload`, as sent)
+    /// and the decoded signature. For a JWS jwt-simple cannot parse: a DPoP proof, whose header
+    /// carries `jwk` as an object. The host's crypto first, as in [`Key::verify_signature`],
+    /// else the same pure-Rust primitives jwt-simple uses, without its token parser.
+    pub fn verify_parts(
+        &self,
+        signing_input: &[u8],
+        signature: &[u8],
+        alg: Algorithm,
+        host: Option<&dyn HostCrypto>,
+    ) -> SignatureCheck {
+        if let (Some(host), Some(der), Some(hash)) = (host, &self.host_der, host_hash(alg)) {
+            if let Some(valid) = host_verify(host, der, hash, signing_input, signature, alg) {
+                return check(valid);
+            }
         }
+        let Some(v) = self.verifiers.iter().find(|v| v.algorithm() == alg) else {
+            return SignatureCheck::Invalid;
+        };
+        check(v.verify_raw(signing_input, signature))
+    }
+}
+
+fn check(valid: bool) -> SignatureCheck {
+    if valid {
+        SignatureCheck::Valid
+    } else {
+        SignatureCheck::Invalid
     }
 }
 
 /// `Some(valid)` from the host, `None` when it cannot answer (fall back).
-fn host_verify(
+fn host_verify_token(
     host: &dyn HostCrypto,
     der: &[u8],
     hash: &str,
@@ -234,18 +263,34 @@ fn host_verify(
     let Ok(sig) = URL_SAFE_NO_PAD.decode(sig_b64.as_bytes()) else {
         return Some(false);
     };
+    host_verify(host, der, hash, message.as_bytes(), &sig, alg)
+}
+
+/// `Some(valid)` from the host, `None` when it cannot answer (fall back). ECDSA signatures are
+/// converted from JOSE `r‖s` to DER; one of the wrong length is invalid.
+fn host_verify(
+    host: &dyn HostCrypto,
+    der: &[u8],
+    hash: &str,
+    message: &[u8],
+    sig: &[u8],
+    alg: Algorithm,
+) -> Option<bool> {
+    let converted;
     let sig = match alg {
-        Algorithm::ES256 => match ecdsa_jose_to_der(&sig, 32) {
-            Some(der) => der,
-            None => return Some(false),
-        },
-        Algorithm::ES384 => match ecdsa_jose_to_der(&sig, 48) {
-            Some(der) => der,
-            None => return Some(false),
-        },
+        Algorithm::ES256 | Algorithm::ES384 => {
+            let len = if alg == Algorithm::ES256 { 32 } else { 48 };
+            match ecdsa_jose_to_der(sig, len) {
+                Some(der) => {
+                    converted = der;
+                    &converted
+                }
+                None => return Some(false),
+            }
+        }
         _ => sig,
     };
-    host.verify(hash, der, &sig, message.as_bytes())
+    host.verify(hash, der, sig, message)
 }
 
 impl Verifier {
@@ -260,6 +305,31 @@ impl Verifier {
             Verifier::ES256(_) => Algorithm::ES256,
             Verifier::ES384(_) => Algorithm::ES384,
             Verifier::EdDSA(_) => Algorithm::EdDSA,
+        }
+    }
+
+    /// The signature alone, over `message`, with the primitives jwt-simple uses for `verify`
+    /// (superboring's RSA, RustCrypto's ECDSA, ed25519-compact), none of which reads a clock.
+    fn verify_raw(&self, message: &[u8], sig: &[u8]) -> bool {
+        use p256::ecdsa::signature::Verifier as _;
+        use superboring::hash::MessageDigest;
+        use superboring::rsa::Padding;
+        let rsa = |key: &jwt_simple::algorithms::RSAPublicKey, digest, padding| {
+            rsa_verify(key.as_ref(), digest, padding, message, sig)
+        };
+        match self {
+            Verifier::RS256(k) => rsa(k.public_key(), MessageDigest::sha256(), Padding::PKCS1),
+            Verifier::RS384(k) => rsa(k.public_key(), MessageDigest::sha384(), Padding::PKCS1),
+            Verifier::RS512(k) => rsa(k.public_key(), MessageDigest::sha512(), Padding::PKCS1),
+            Verifier::PS256(k) => rsa(k.public_key(), MessageDigest::sha256(), Padding::PKCS1_PSS),
+            Verifier::PS384(k) => rsa(k.public_key(), MessageDigest::sha384(), Padding::PKCS1_PSS),
+            Verifier::PS512(k) => rsa(k.public_key(), MessageDigest::sha512(), Padding::PKCS1_PSS),
+            Verifier::ES256(k) => p256::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| k.public_key().as_ref().verify(message, &s).is_ok()),
+            Verifier::ES384(k) => p384::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| k.public_key().as_ref().verify(message, &s).is_ok()),
+            Verifier::EdDSA(k) => ed25519_compact::Signature::from_slice(sig)
+                .is_ok_and(|s| k.public_key().as_ref().verify(message, &s).is_ok()),
         }
     }
 
@@ -288,6 +358,24 @@ impl Verifier {
         };
         r.is_ok()
     }
+}
+
+fn rsa_verify(
+    key: &superboring::rsa::Rsa<superboring::pkey::Public>,
+    digest: superboring::hash::MessageDigest,
+    padding: superboring::rsa::Padding,
+    message: &[u8],
+    sig: &[u8],
+) -> bool {
+    let Ok(pkey) = superboring::pkey::PKey::from_rsa(key.clone()) else {
+        return false;
+    };
+    let Ok(mut verifier) = superboring::sign::Verifier::new(digest, &pkey) else {
+        return false;
+    };
+    verifier.set_rsa_padding(padding).is_ok()
+        && verifier.update(message).is_ok()
+        && verifier.verify(sig).unwrap_or(false)
 }
 
 fn b64_member(jwk: &Value, name: &str) -> Result<Vec<u8>, &'static str> {

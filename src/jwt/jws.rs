@@ -57,6 +57,12 @@ fn is_jws_char(b: u8) -> bool {
 }
 
 pub fn parse(token: &str) -> Result<UnverifiedToken, TokenError> {
+    parse_with_header(token).map(|(_, t)| t)
+}
+
+/// [`parse`], also returning the whole JOSE header (for members `parse` does not keep: a DPoP
+/// proof's `typ` and `jwk`).
+pub fn parse_with_header(token: &str) -> Result<(Map<String, Value>, UnverifiedToken), TokenError> {
     if !token.bytes().all(is_jws_char) {
         return Err(TokenError::Malformed);
     }
@@ -116,7 +122,7 @@ pub fn parse(token: &str) -> Result<UnverifiedToken, TokenError> {
     // Types the verification library also insists on.
     opt_string(&claims.all, "jti")?;
     opt_string(&claims.all, "nonce")?;
-    Ok(UnverifiedToken { alg, kid, claims })
+    Ok((header, UnverifiedToken { alg, kid, claims }))
 }
 
 fn decode_object(part: &str) -> Result<Map<String, Value>, TokenError> {
