@@ -28,7 +28,7 @@ use crate::policy::{Mode, Route, TokenUse, Unmatched};
 use crate::ratelimit::budget::{self, Admission};
 use crate::ratelimit::store::{charge, BucketStore, Charge};
 use crate::ratelimit::{
-    identity_hash, slot_key, slot_of, slot_prefix, IdentitySource, KeyKind, Limit, LimitChoice,
+    identity_hash, slot_name, slot_of, slot_prefix, IdentitySource, Limit, LimitBy, LimitChoice,
     RateLimits, SlotKind, SlotSecret, Verdict,
 };
 use crate::request::RequestView;
@@ -41,7 +41,7 @@ pub struct Engine {
     pub plugin: String,
     /// The proxy's secret for slot choice and token memories (see [`identity_hash`]).
     secret: SlotSecret,
-    /// Per rate-limit policy: the prefixes of its bucket and failed-auth slot keys.
+    /// Per rate-limit policy: the prefixes of its bucket and failed-auth slot names.
     slot_prefixes: Vec<(String, String)>,
     /// Every refusal's answer, built with the configured realm.
     answers: Answers,
@@ -103,11 +103,11 @@ impl Engine {
         }
     }
 
-    /// Every shared-data key of every rate-limit slot (the host creates them once: Envoy can only
-    /// compare-and-swap keys that exist). The `failedAuth` policy's slots have their own keys
-    /// (`…/fa/<policy>/<slot>`, another layout); its `rl/` keys exist only when a route or
+    /// The shared-data name of every rate-limit slot (the host creates them once: Envoy can only
+    /// compare-and-swap entries that exist). The `failedAuth` policy's slots have their own names
+    /// (`…/fa/<policy>/<slot>`, another layout); its `rl/` slots exist only when a route or
     /// `global` charges it too.
-    pub fn slot_keys(&self) -> Vec<String> {
+    pub fn slot_names(&self) -> Vec<String> {
         let Some(rl) = &self.config.rate_limits else {
             return Vec::new();
         };
@@ -122,19 +122,19 @@ impl Engine {
                     })
                 })
         };
-        let mut keys = Vec::new();
+        let mut names = Vec::new();
         for (i, (l, (bucket, failed_auth))) in rl.limits.iter().zip(&self.slot_prefixes).enumerate()
         {
             let slots = 0..u64::from(l.slots);
             if rl.failed_auth == Some(i) {
-                keys.extend(slots.clone().map(|s| slot_key(failed_auth, s)));
+                names.extend(slots.clone().map(|s| slot_name(failed_auth, s)));
                 if !charged(i) {
                     continue;
                 }
             }
-            keys.extend(slots.map(|s| slot_key(bucket, s)));
+            names.extend(slots.map(|s| slot_name(bucket, s)));
         }
-        keys
+        names
     }
 
     /// Decides one request.
@@ -387,7 +387,7 @@ impl Engine {
             };
             match budget::admit(
                 inputs.buckets,
-                &g.key,
+                &g.slot,
                 g.limit,
                 g.fingerprint,
                 retried,
@@ -452,7 +452,7 @@ impl Engine {
                     if error != TokenError::KeysUnavailable
                         && !budget::record_failure(
                             inputs.buckets,
-                            &g.key,
+                            &g.slot,
                             g.limit,
                             g.fingerprint,
                             now_ns,
@@ -475,7 +475,7 @@ impl Engine {
         let hash = identity_hash(&self.secret, &source_ip_identity(peer));
         Some(Gate {
             limit,
-            key: slot_key(prefix, slot_of(limit, hash)),
+            slot: slot_name(prefix, slot_of(limit, hash)),
             fingerprint: budget::fingerprint(hash),
         })
     }
@@ -522,17 +522,17 @@ impl Engine {
             let Some(limit) = rl.limits.get(index) else {
                 continue;
             };
-            let hash = match limit.key {
-                KeyKind::Global => identity_hash(&self.secret, "global"),
-                KeyKind::SourceIp => identity_hash(&self.secret, &source_ip_identity(peer)),
-                KeyKind::Identity => self.identity(rl, peer, principal),
+            let hash = match limit.by {
+                LimitBy::Global => identity_hash(&self.secret, "global"),
+                LimitBy::SourceIp => identity_hash(&self.secret, &source_ip_identity(peer)),
+                LimitBy::Identity => self.identity(rl, peer, principal),
             };
             let prefix = self
                 .slot_prefixes
                 .get(index)
                 .map_or("", |(b, _)| b.as_str());
-            let key = slot_key(prefix, slot_of(limit, hash));
-            match charge(inputs.buckets, &key, limit, cost, inputs.now_ns, hash) {
+            let slot = slot_name(prefix, slot_of(limit, hash));
+            match charge(inputs.buckets, &slot, limit, cost, inputs.now_ns, hash) {
                 Charge::Done { verdict, shared } => {
                     if shared {
                         events.shared_slots += 1;
@@ -598,7 +598,7 @@ impl Engine {
 /// A source's failed-authentication slot.
 struct Gate<'a> {
     limit: &'a Limit,
-    key: String,
+    slot: String,
     fingerprint: u32,
 }
 

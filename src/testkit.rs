@@ -190,39 +190,39 @@ pub struct MemStore {
 }
 
 impl MemStore {
-    fn with_slots(keys: impl IntoIterator<Item = String>) -> MemStore {
+    fn with_slots(names: impl IntoIterator<Item = String>) -> MemStore {
         MemStore {
-            map: std::cell::RefCell::new(keys.into_iter().map(|k| (k, (Vec::new(), 1))).collect()),
+            map: std::cell::RefCell::new(names.into_iter().map(|n| (n, (Vec::new(), 1))).collect()),
             lose: std::cell::RefCell::new(0),
         }
     }
 
     /// Every slot of `engine` created.
     pub fn for_engine(engine: &crate::engine::Engine) -> MemStore {
-        MemStore::with_slots(engine.slot_keys())
+        MemStore::with_slots(engine.slot_names())
     }
 
-    /// One slot, `key`, created.
-    pub fn with_slot(key: &str) -> MemStore {
-        MemStore::with_slots([key.to_string()])
+    /// One slot, `name`, created.
+    pub fn with_slot(name: &str) -> MemStore {
+        MemStore::with_slots([name.to_string()])
     }
 }
 
 impl crate::ratelimit::store::BucketStore for MemStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.map.borrow().get(key).cloned()
+    fn get(&self, slot: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.borrow().get(slot).cloned()
     }
 
     fn set(
         &self,
-        key: &str,
+        slot: &str,
         value: &[u8],
         cas: u32,
     ) -> Result<(), crate::ratelimit::store::CasMismatch> {
         let mut lose = self.lose.borrow_mut();
         let mut map = self.map.borrow_mut();
         let entry = map
-            .get_mut(key)
+            .get_mut(slot)
             .ok_or(crate::ratelimit::store::CasMismatch)?;
         if *lose > 0 {
             *lose -= 1;

@@ -748,7 +748,7 @@ mod rate_limits {
                 source_address: Some(format!("{ip}:1")),
                 ..PeerInfo::default()
             });
-            w.engine.failed_auth_gate(&peer).unwrap().key
+            w.engine.failed_auth_gate(&peer).unwrap().slot
         };
         let neighbour = (0..10_000)
             .map(|i| format!("10.9.{}.{}", i / 256, i % 256))
@@ -774,8 +774,8 @@ mod rate_limits {
         };
         let moved = (0..100)
             .filter(|i| {
-                w.engine.failed_auth_gate(&peer(*i)).unwrap().key
-                    != other.failed_auth_gate(&peer(*i)).unwrap().key
+                w.engine.failed_auth_gate(&peer(*i)).unwrap().slot
+                    != other.failed_auth_gate(&peer(*i)).unwrap().slot
             })
             .count();
         assert!(

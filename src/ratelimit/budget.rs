@@ -3,7 +3,7 @@
 //! Only a token that needs verifying from scratch meets the budget: a token in the verified-token
 //! cache is never refused by it, and a token that already failed is refused from the negative
 //! cache without any signature work (both per worker, in [`TokenCache`]). Each failed-auth slot
-//! (a fixed shared-data key, chosen by the keyed hash of the source address) holds a
+//! (a fixed shared-data entry, chosen by the keyed hash of the source address) holds a
 //! [`FailedAuthSlot`]:
 //!
 //! - the **budget**: the `failedAuth` policy's GCRA bucket, charged by each failed verification;
@@ -164,7 +164,7 @@ pub enum Admission {
 /// worker deferred the same token before (or it cannot tell, having no memory of deferrals).
 pub fn admit(
     store: &dyn BucketStore,
-    key: &str,
+    name: &str,
     limit: &Limit,
     fingerprint: u32,
     retried: bool,
@@ -172,7 +172,7 @@ pub fn admit(
 ) -> Admission {
     let mut last = None;
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = store.get(name) else {
             return Admission::Budget;
         };
         let slot = FailedAuthSlot::decode(&bytes);
@@ -192,7 +192,7 @@ pub fn admit(
         }
         match slot.take_trickle(now_ns) {
             Ok(next) => {
-                if store.set(key, &next.encode(), cas).is_ok() {
+                if store.set(name, &next.encode(), cas).is_ok() {
                     return Admission::Trickle;
                 }
                 last = Some(spent);
@@ -219,17 +219,17 @@ pub fn admit(
 /// compare-and-swap attempt lost (or the slot is missing).
 pub fn record_failure(
     store: &dyn BucketStore,
-    key: &str,
+    name: &str,
     limit: &Limit,
     fingerprint: u32,
     now_ns: u64,
 ) -> bool {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = store.get(name) else {
             return false;
         };
         let next = FailedAuthSlot::decode(&bytes).with_failure(limit, fingerprint, now_ns);
-        if store.set(key, &next.encode(), cas).is_ok() {
+        if store.set(name, &next.encode(), cas).is_ok() {
             return true;
         }
     }
