@@ -126,10 +126,13 @@ pub enum Denial {
 }
 
 impl Policy {
-    /// The first route matching the request; `path` is already normalised.
-    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+    /// The first route matching the request, with its index; `path` is already normalised.
+    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<(usize, &Route)> {
         let host = normalize_host(host);
-        self.routes.iter().find(|r| r.matches(&host, path, method))
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(&host, path, method))
     }
 }
 

@@ -15,6 +15,7 @@
 //! can only make limiting stricter (it is counted when the slot was still in use by another
 //! identity).
 
+pub mod apply;
 pub mod budget;
 pub mod store;
 

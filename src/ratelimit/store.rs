@@ -14,6 +14,9 @@ pub trait BucketStore {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CasMismatch;
 
+/// A slot's value and CAS token as read (by the pure phase, to be written by the settling one).
+pub type Seen = (Vec<u8>, u32);
+
 /// CAS attempts before giving up on one charge.
 pub const MAX_CAS_ATTEMPTS: usize = 16;
 
@@ -38,9 +41,23 @@ pub fn charge(
     now_ns: u64,
     owner: u64,
 ) -> Charge {
+    charge_seen(store, slot, limit, cost, now_ns, owner, None)
+}
+
+/// [`charge`], whose first attempt starts from `seen` (the slot as read earlier, when it was
+/// read: one host read fewer) instead of reading the slot again.
+pub fn charge_seen(
+    store: &dyn BucketStore,
+    slot: &str,
+    limit: &Limit,
+    cost: u64,
+    now_ns: u64,
+    owner: u64,
+    mut seen: Option<Seen>,
+) -> Charge {
     for _ in 0..MAX_CAS_ATTEMPTS {
         // Slots are created at configure time; a missing one cannot be updated atomically.
-        let Some((bytes, cas)) = store.get(slot) else {
+        let Some((bytes, cas)) = seen.take().or_else(|| store.get(slot)) else {
             return Charge::Contended;
         };
         let bucket = Bucket::decode(&bytes);
