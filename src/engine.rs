@@ -165,9 +165,10 @@ impl Engine {
                 return Err(with_caller(plan::rate_limited(self, rl, refusal)));
             }
         }
+        let granted = principal.as_deref().map(|p| p.scopes);
         route
             .require
-            .check(claims, req.peer)
+            .check_granted(claims, granted, req.peer)
             .map_err(|d| with_caller(self.answers.denied(&d)))
     }
 }

@@ -16,7 +16,7 @@
 //! | [`request`] | [`request::RequestView`]: the plain data of one request |
 //! | [`identity`] | the mTLS peer and its SPIFFE ID |
 //! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification, a verified token's principal |
-//! | [`policy`] | routes (first match wins), path normalisation, requirements |
+//! | [`policy`] | routes (first match wins), path normalisation, requirements, scopes as bits |
 //! | [`ratelimit`] | GCRA buckets in bounded slots, the failed-auth budget, a request's charges (`apply`) |
 //! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
 //! | [`engine`] | the pipeline: `decide` (reads only) → a plan, `settle` (pays it once); authentication in `engine::authn` |

@@ -209,8 +209,8 @@ pub fn settle(
     None
 }
 
-/// What a verified token means here, derived once: its rate-limit identity and its upstream
-/// headers (kept with it in the verified-token cache).
+/// What a verified token means here, derived once: its rate-limit identity, its scopes as bits
+/// and its upstream headers (kept with it in the verified-token cache).
 fn derive_principal(engine: &Engine, verified: &VerifiedToken) -> Principal {
     let cfg = &engine.config;
     let claims = &verified.claims;
@@ -232,6 +232,7 @@ fn derive_principal(engine: &Engine, verified: &VerifiedToken) -> Principal {
     Principal {
         claims: claims.clone(),
         rate_identity,
+        scopes: cfg.policy.scopes.granted_mask(claims),
         upstream_headers,
     }
 }

@@ -14,6 +14,9 @@ pub struct Principal {
     /// The first claim-based rate-limit identity source (`rateLimits.identity`) the token has:
     /// its position in that list and the identity's slot hash.
     pub rate_identity: Option<(usize, u64)>,
+    /// The scopes the token grants, as bits of the configuration's scope index (the scopes its
+    /// routes name: `policy::Policy::scopes`).
+    pub scopes: u128,
     /// Upstream headers from the token (`outputClaimToHeaders`, `principalHeader`), ready to set.
     pub upstream_headers: Vec<(String, String)>,
 }
