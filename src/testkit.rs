@@ -148,7 +148,12 @@ pub fn config_doc(jwks: Value, provider: Value, top: Value) -> Value {
     if let (Some(p), Value::Object(extra)) = (p.as_object_mut(), provider) {
         p.extend(extra);
     }
-    let mut doc = json!({ "providers": [p] });
+    config_doc_providers(vec![p], top)
+}
+
+/// [`config_doc`] with several providers, each written out.
+pub fn config_doc_providers(providers: Vec<Value>, top: Value) -> Value {
+    let mut doc = json!({ "providers": providers });
     if let (Some(d), Value::Object(top)) = (doc.as_object_mut(), top) {
         d.extend(top);
     }

@@ -231,10 +231,11 @@ fn answers_for_missing_bad_and_ambiguous_credentials() {
 fn several_providers_each_verify_their_own_issuer() {
     let a = TestKeys::new();
     let b = TestKeys::new();
-    let cfg = json!({"providers": [
-        {"name": "corp", "issuer": "https://corp", "jwks": a.jwks()},
-        {"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}]});
-    let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+    let providers = vec![
+        json!({"name": "corp", "issuer": "https://corp", "jwks": a.jwks()}),
+        json!({"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}),
+    ];
+    let config = parse_config(&config_doc_providers(providers, json!({}))).unwrap();
     let sets = config.inline_keys();
     let e = (Engine::new(config, "test", [7u8; 16]), Inline(sets));
     let ok = format!(
@@ -461,9 +462,8 @@ mod rate_limits {
     }
 
     fn world(keys: &TestKeys) -> World {
-        let cfg = json!({
+        let top = json!({
             "rolesClaim": "role",
-            "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks()}],
             "rateLimits": {
                 "identity": ["clientId", "sub"],
                 "policies": {
@@ -484,7 +484,8 @@ mod rate_limits {
                  "rateLimit": [{"tier": {"claim": "plan", "policies": {"free": "free", "paid": "paid"}, "default": "free"}}]}
             ]
         });
-        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let provider = json!({"audiences": [AUDIENCE]});
+        let config = parse_config(&config_doc(keys.jwks(), provider, top)).unwrap();
         let sets = config.inline_keys();
         let engine = Engine::new(config, "t", [7u8; 16]);
         let store = MemStore::for_engine(&engine);
@@ -934,8 +935,8 @@ mod rate_limits {
     fn rate_limit_config_errors_name_the_field() {
         let keys = TestKeys::new();
         let base = |rl: serde_json::Value, routes: serde_json::Value| {
-            let cfg = json!({"providers": [{"issuer": ISSUER, "jwks": keys.jwks()}], "rateLimits": rl, "routes": routes});
-            Config::from_json(cfg.to_string().as_bytes())
+            let top = json!({"rateLimits": rl, "routes": routes});
+            parse_config(&config_doc(keys.jwks(), json!({}), top))
                 .unwrap_err()
                 .to_string()
         };
@@ -1206,5 +1207,65 @@ impl Engine {
     fn failed_auth_slot(&self, peer: &Peer) -> String {
         let rl = self.config.rate_limits.as_ref().unwrap();
         self.slots.failed_auth_gate(rl, peer).unwrap().slot
+    }
+}
+
+#[test]
+fn a_cached_token_is_judged_by_its_scope_bits_as_a_fresh_one_by_its_claims() {
+    let keys = TestKeys::new();
+    let routes = json!({"routes": [
+        {"match": {"paths": ["/read"]}, "require": {"scopes": {"anyOf": ["read", "admin"]}}},
+        {"match": {"paths": ["/write"]}, "require": {"scopes": {"allOf": ["read", "write"]}}}]});
+    let (engine, inline) = engine(&keys, json!({}), routes);
+    let store = MemStore::for_engine(&engine);
+    let cache = RefCell::new(TokenCache::new(10, 1 << 20));
+    let reader = keys.eddsa(claims(json!({"scope": "read other"})));
+    let writer = keys.eddsa(claims(json!({"scope": "write", "scp": ["read"]})));
+    let call = |path: &str, token: &str| {
+        let headers = vec![
+            (":method".to_string(), b"GET".to_vec()),
+            (
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            ),
+        ];
+        let peer = Peer::default();
+        let req = RequestView {
+            path,
+            headers: &crate::request::borrowed(&headers),
+            peer: &peer,
+        };
+        let inputs = Inputs {
+            keys: &inline,
+            buckets: &store,
+            crypto: None,
+            cache: Some(&cache),
+            now_ns: NOW * 1_000_000_000,
+        };
+        let mut events = Events::default();
+        let d = decide_and_settle(&engine, &req, &inputs, &mut events);
+        (d, events.cache_hits)
+    };
+    for hits in [0, 1] {
+        let (d, h) = call("/write", &reader);
+        assert_eq!(h, hits);
+        assert_eq!(
+            denied(d).reason,
+            Reason::Forbidden(Forbidden::InsufficientScope),
+            "cold and warm alike"
+        );
+    }
+    // Bits in order of mention: read 0, admin 1, write 2; `other` has none.
+    let (Decision::Allow(fwd), 1) = call("/read", &reader) else {
+        panic!("a cached reader reads")
+    };
+    assert_eq!(fwd.principal.unwrap().scopes, 0b001);
+    for hits in [0, 1] {
+        let (d, h) = call("/write", &writer);
+        assert_eq!(h, hits);
+        let Decision::Allow(fwd) = d else {
+            panic!("a writer writes")
+        };
+        assert_eq!(fwd.principal.unwrap().scopes, 0b101);
     }
 }
