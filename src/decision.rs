@@ -614,7 +614,7 @@ mod tests {
             requests: 10,
             per_ns: 60_000_000_000,
             burst: 10,
-            key: crate::ratelimit::KeyKind::Identity,
+            by: crate::ratelimit::LimitBy::Identity,
             slots: 1,
         };
         let verdict = Verdict {

@@ -5,7 +5,9 @@
 //! The rule of this crate: **the core is pure, `host/` is glue.** Every module except `host`
 //! is plain Rust that never calls the proxy and never reads a clock (`now` is an argument),
 //! so it is unit-tested on the host and inside a wasm engine. `host/` (compiled for wasm32
-//! only; meshguard's own ABI bindings, no SDK) reads the request, calls [`engine::Engine::decide`] once, and applies the decision.
+//! only; meshguard's own ABI bindings, no SDK) reads the request, calls
+//! [`engine::Engine::decide`] (read-only; again after catching up with shared keys on a key
+//! miss), pays the final plan once with [`engine::Engine::settle`], and applies the decision.
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -13,10 +15,11 @@
 //! | [`config`] | JSON plugin configuration → validated [`config::Config`], errors naming the field |
 //! | [`request`] | [`request::RequestView`]: the plain data of one request |
 //! | [`identity`] | the mTLS peer and its SPIFFE ID |
-//! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification |
-//! | [`policy`] | routes (first match wins), path normalisation, requirements |
+//! | [`jwt`] | credential extraction, JWS parsing, JWKS keys, verification, a verified token's principal |
+//! | [`policy`] | routes (first match wins), path normalisation, requirements, scopes as bits |
+//! | [`ratelimit`] | GCRA buckets in bounded slots, the failed-auth budget, a request's charges (`apply`) |
 //! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
-//! | [`engine`] | the pipeline: one call per request |
+//! | [`engine`] | the pipeline: `decide` (reads only) → a plan, `settle` (pays it once); authentication in `engine::authn` |
 //! | [`dpop`] | DPoP (RFC 9449) building blocks, not yet wired: proofs, thumbprints, `htu`, replay cache, nonces |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
 //! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |

@@ -148,7 +148,12 @@ pub fn config_doc(jwks: Value, provider: Value, top: Value) -> Value {
     if let (Some(p), Value::Object(extra)) = (p.as_object_mut(), provider) {
         p.extend(extra);
     }
-    let mut doc = json!({ "providers": [p] });
+    config_doc_providers(vec![p], top)
+}
+
+/// [`config_doc`] with several providers, each written out.
+pub fn config_doc_providers(providers: Vec<Value>, top: Value) -> Value {
+    let mut doc = json!({ "providers": providers });
     if let (Some(d), Value::Object(top)) = (doc.as_object_mut(), top) {
         d.extend(top);
     }
@@ -190,39 +195,39 @@ pub struct MemStore {
 }
 
 impl MemStore {
-    pub fn with_slots(keys: impl IntoIterator<Item = String>) -> MemStore {
+    pub fn with_slots(names: impl IntoIterator<Item = String>) -> MemStore {
         MemStore {
-            map: std::cell::RefCell::new(keys.into_iter().map(|k| (k, (Vec::new(), 1))).collect()),
+            map: std::cell::RefCell::new(names.into_iter().map(|n| (n, (Vec::new(), 1))).collect()),
             lose: std::cell::RefCell::new(0),
         }
     }
 
     /// Every slot of `engine` created.
     pub fn for_engine(engine: &crate::engine::Engine) -> MemStore {
-        MemStore::with_slots(engine.slot_keys())
+        MemStore::with_slots(engine.slot_names())
     }
 
-    /// One slot, `key`, created.
-    pub fn with_slot(key: &str) -> MemStore {
-        MemStore::with_slots([key.to_string()])
+    /// One slot, `name`, created.
+    pub fn with_slot(name: &str) -> MemStore {
+        MemStore::with_slots([name.to_string()])
     }
 }
 
 impl crate::ratelimit::store::BucketStore for MemStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.map.borrow().get(key).cloned()
+    fn get(&self, slot: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.borrow().get(slot).cloned()
     }
 
     fn set(
         &self,
-        key: &str,
+        slot: &str,
         value: &[u8],
         cas: u32,
     ) -> Result<(), crate::ratelimit::store::CasMismatch> {
         let mut lose = self.lose.borrow_mut();
         let mut map = self.map.borrow_mut();
         let entry = map
-            .get_mut(key)
+            .get_mut(slot)
             .ok_or(crate::ratelimit::store::CasMismatch)?;
         if *lose > 0 {
             *lose -= 1;

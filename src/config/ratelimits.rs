@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::validate::{claim_path, duration_ns, is_short_name, principal, DURATION_FORMS};
 use super::ConfigError;
-use crate::ratelimit::{IdentitySource, KeyKind, Limit, LimitChoice, RateLimits, RouteLimit};
+use crate::ratelimit::{IdentitySource, Limit, LimitBy, LimitChoice, RateLimits, RouteLimit};
 
 pub const DEFAULT_SLOTS: u32 = 4096;
 pub const MAX_SLOTS: u32 = 65_536;
@@ -42,14 +42,14 @@ struct RawLimit {
     #[serde(default)]
     burst: Option<u64>,
     #[serde(default)]
-    key: Option<RawKey>,
+    key: Option<RawLimitBy>,
     #[serde(default)]
     slots: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
-enum RawKey {
+enum RawLimitBy {
     Identity,
     SourceIp,
     Global,
@@ -137,19 +137,19 @@ pub(super) fn rate_limits(
                 format!("must be between 1 and {MAX_REQUESTS}"),
             ));
         }
-        let key = match l.key.unwrap_or(RawKey::Identity) {
-            RawKey::Identity => KeyKind::Identity,
-            RawKey::SourceIp => KeyKind::SourceIp,
-            RawKey::Global => KeyKind::Global,
+        let by = match l.key.unwrap_or(RawLimitBy::Identity) {
+            RawLimitBy::Identity => LimitBy::Identity,
+            RawLimitBy::SourceIp => LimitBy::SourceIp,
+            RawLimitBy::Global => LimitBy::Global,
         };
-        let slots = match (key, l.slots) {
-            (KeyKind::Global, Some(_)) => {
+        let slots = match (by, l.slots) {
+            (LimitBy::Global, Some(_)) => {
                 return Err(ConfigError::new(
                     p("slots"),
                     "a global policy has one bucket",
                 ));
             }
-            (KeyKind::Global, None) => 1,
+            (LimitBy::Global, None) => 1,
             (_, s) => s.unwrap_or(DEFAULT_SLOTS),
         };
         if slots == 0 || slots > MAX_SLOTS {
@@ -164,7 +164,7 @@ pub(super) fn rate_limits(
             requests: l.requests,
             per_ns,
             burst,
-            key,
+            by,
             slots,
         });
     }
@@ -233,7 +233,7 @@ pub(super) fn rate_limits(
         None => None,
         Some(f) => {
             let i = index(at("failedAuth.policy"), &f.policy)?;
-            if limits.get(i).is_some_and(|l| l.key != KeyKind::SourceIp) {
+            if limits.get(i).is_some_and(|l| l.by != LimitBy::SourceIp) {
                 return Err(ConfigError::new(
                     at("failedAuth.policy"),
                     "must be a policy with key \"sourceIp\"",

@@ -9,6 +9,7 @@ use super::validate::{claim_path, header_token, principal};
 use super::ConfigError;
 use crate::jwt::provider::Provider;
 use crate::policy::path::normalize;
+use crate::policy::scopes::ScopeIndex;
 use crate::policy::{
     ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, Requirements,
     RoleRequirement, Route, TokenUse, Unmatched,
@@ -151,7 +152,7 @@ pub(super) fn policy(
         RawAction::Deny => Unmatched::Deny { status },
     };
     let roles_claim = raw.roles_claim;
-    let routes = match raw.routes {
+    let mut routes: Vec<Route> = match raw.routes {
         // No routes: authentication only, a valid token required everywhere.
         None => vec![Route {
             name: "default".into(),
@@ -176,7 +177,9 @@ pub(super) fn policy(
                 .collect::<Result<_, _>>()?
         }
     };
+    let scopes = ScopeIndex::compile(&mut routes);
     Ok(Policy {
+        scopes,
         routes,
         unmatched,
         mode: mode(raw.mode.unwrap_or(RawMode::Enforce)),

@@ -4,7 +4,7 @@
 //! of cost c is admitted at `now` when max(TAT, now) + c·T − now ≤ 60 s.
 
 use super::limit_headers;
-use crate::ratelimit::{Bucket, KeyKind, Limit};
+use crate::ratelimit::{Bucket, Limit, LimitBy};
 
 const S: u64 = 1_000_000_000;
 /// The fixed clock: some time in 2027, in ns.
@@ -16,7 +16,7 @@ fn user() -> Limit {
         requests: 10,
         per_ns: 60 * S,
         burst: 10,
-        key: KeyKind::Identity,
+        by: LimitBy::Identity,
         slots: 1,
     }
 }

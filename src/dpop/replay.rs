@@ -49,14 +49,14 @@ pub struct ReplayCache {
     entries: usize,
 }
 
-/// The record key of a proof: SipHash-2-4 keyed with the proxy's secret over `jkt`, a space
+/// The record id of a proof: SipHash-2-4 keyed with the proxy's secret over `jkt`, a space
 /// and `jti` (a thumbprint has no space), so clients cannot aim at a shard or a collision.
 pub fn proof_hash(secret: &SlotSecret, jkt: &str, jti: &str) -> u64 {
     identity_hash(secret, &format!("{jkt} {jti}"))
 }
 
 impl ReplayCache {
-    /// `shards` keys named `<prefix>.<n>`, each holding up to `entries` proofs (both clamped to
+    /// `shards` slots named `<prefix>.<n>`, each holding up to `entries` proofs (both clamped to
     /// `1..=MAX_*`).
     pub fn new(prefix: &str, shards: u32, entries: u16) -> ReplayCache {
         ReplayCache {
@@ -66,12 +66,12 @@ impl ReplayCache {
         }
     }
 
-    /// Every shard's key: the host creates them (empty) at configure time.
-    pub fn slot_keys(&self) -> Vec<String> {
-        (0..self.shards).map(|n| self.key(n)).collect()
+    /// Every shard's slot name: the host creates them (empty) at configure time.
+    pub fn slot_names(&self) -> Vec<String> {
+        (0..self.shards).map(|n| self.slot_name(n)).collect()
     }
 
-    fn key(&self, shard: u32) -> String {
+    fn slot_name(&self, shard: u32) -> String {
         format!("{}.{shard}", self.prefix)
     }
 
@@ -88,10 +88,10 @@ impl ReplayCache {
         expires: u64,
         now: u64,
     ) -> Result<(), ReplayError> {
-        let key = self.key(self.shard_of(hash));
+        let slot = self.slot_name(self.shard_of(hash));
         let expires = u32::try_from(expires).unwrap_or(u32::MAX);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some((bytes, cas)) = store.get(&key) else {
+            let Some((bytes, cas)) = store.get(&slot) else {
                 return Err(ReplayError::Unavailable);
             };
             let mut live: Vec<(u64, u32)> = decode(&bytes)
@@ -104,7 +104,7 @@ impl ReplayCache {
                 return Err(ReplayError::Full);
             }
             live.push((hash, expires));
-            if store.set(&key, &encode(&live), cas).is_ok() {
+            if store.set(&slot, &encode(&live), cas).is_ok() {
                 return Ok(());
             }
         }

@@ -2,10 +2,15 @@
 
 use serde_json::json;
 
+use std::cell::RefCell;
+
 use super::*;
 use crate::decision::Forbidden;
 use crate::identity::{Peer, PeerInfo};
+use crate::jwt::cache::TokenCache;
 use crate::jwt::jwks::KeySet;
+use crate::jwt::principal::claim_header_value;
+use crate::jwt::verify::KeyLookup;
 use crate::jwt::TokenError;
 use crate::testkit::*;
 
@@ -42,7 +47,18 @@ fn run(e: &(Engine, Inline), req: &RequestView<'_>) -> Decision {
         cache: None,
         now_ns: NOW * 1_000_000_000,
     };
-    e.0.decide(req, &inputs, &mut Events::default())
+    decide_and_settle(&e.0, req, &inputs, &mut Events::default())
+}
+
+/// What the host does: decide, then settle the plan once.
+fn decide_and_settle(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    inputs: &Inputs<'_>,
+    events: &mut Events,
+) -> Decision {
+    let plan = engine.decide(req, inputs, events);
+    engine.settle(plan, inputs, events)
 }
 
 fn peer_info() -> PeerInfo {
@@ -215,10 +231,11 @@ fn answers_for_missing_bad_and_ambiguous_credentials() {
 fn several_providers_each_verify_their_own_issuer() {
     let a = TestKeys::new();
     let b = TestKeys::new();
-    let cfg = json!({"providers": [
-        {"name": "corp", "issuer": "https://corp", "jwks": a.jwks()},
-        {"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}]});
-    let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+    let providers = vec![
+        json!({"name": "corp", "issuer": "https://corp", "jwks": a.jwks()}),
+        json!({"name": "partner", "issuer": "https://partner", "jwks": b.jwks()}),
+    ];
+    let config = parse_config(&config_doc_providers(providers, json!({}))).unwrap();
     let sets = config.inline_keys();
     let e = (Engine::new(config, "test", [7u8; 16]), Inline(sets));
     let ok = format!(
@@ -445,9 +462,8 @@ mod rate_limits {
     }
 
     fn world(keys: &TestKeys) -> World {
-        let cfg = json!({
+        let top = json!({
             "rolesClaim": "role",
-            "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks()}],
             "rateLimits": {
                 "identity": ["clientId", "sub"],
                 "policies": {
@@ -468,7 +484,8 @@ mod rate_limits {
                  "rateLimit": [{"tier": {"claim": "plan", "policies": {"free": "free", "paid": "paid"}, "default": "free"}}]}
             ]
         });
-        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let provider = json!({"audiences": [AUDIENCE]});
+        let config = parse_config(&config_doc(keys.jwks(), provider, top)).unwrap();
         let sets = config.inline_keys();
         let engine = Engine::new(config, "t", [7u8; 16]);
         let store = MemStore::for_engine(&engine);
@@ -493,6 +510,22 @@ mod rate_limits {
             ip: &str,
             at_s: u64,
         ) -> (Decision, Events) {
+            let mut events = Events::default();
+            let d = self.with_request(path, token, ip, at_s, |req, inputs| {
+                decide_and_settle(&self.engine, req, inputs, &mut events)
+            });
+            (d, events)
+        }
+
+        /// Runs `f` on one request and this world's inputs.
+        fn with_request<T>(
+            &self,
+            path: &str,
+            token: Option<&str>,
+            ip: &str,
+            at_s: u64,
+            f: impl FnOnce(&RequestView<'_>, &Inputs<'_>) -> T,
+        ) -> T {
             let mut headers = vec![(":method".to_string(), b"GET".to_vec())];
             if let Some(t) = token {
                 headers.push((
@@ -516,9 +549,7 @@ mod rate_limits {
                 cache: Some(&self.cache),
                 now_ns: at_s * 1_000_000_000,
             };
-            let mut events = Events::default();
-            let d = self.engine.decide(&req, &inputs, &mut events);
-            (d, events)
+            f(&req, &inputs)
         }
 
         fn admitted(
@@ -748,7 +779,7 @@ mod rate_limits {
                 source_address: Some(format!("{ip}:1")),
                 ..PeerInfo::default()
             });
-            w.engine.failed_auth_gate(&peer).unwrap().key
+            w.engine.failed_auth_slot(&peer)
         };
         let neighbour = (0..10_000)
             .map(|i| format!("10.9.{}.{}", i / 256, i % 256))
@@ -773,10 +804,7 @@ mod rate_limits {
             })
         };
         let moved = (0..100)
-            .filter(|i| {
-                w.engine.failed_auth_gate(&peer(*i)).unwrap().key
-                    != other.failed_auth_gate(&peer(*i)).unwrap().key
-            })
+            .filter(|i| w.engine.failed_auth_slot(&peer(*i)) != other.failed_auth_slot(&peer(*i)))
             .count();
         assert!(
             moved > 90,
@@ -784,12 +812,131 @@ mod rate_limits {
         );
     }
 
+    /// The host may decide a request twice (after catching up with shared keys); only the
+    /// plan it settles is paid.
+    fn decided_twice_settled_once(w: &World, path: &str, token: &str, ip: &str) -> Decision {
+        w.with_request(path, Some(token), ip, NOW, |req, inputs| {
+            let mut events = Events::default();
+            let first = w.engine.decide(req, inputs, &mut events);
+            let second = w.engine.decide(req, inputs, &mut events);
+            assert_eq!(first, second, "deciding again reads the same state");
+            w.engine.settle(second, inputs, &mut events)
+        })
+    }
+
+    #[test]
+    fn deciding_twice_before_settling_charges_the_bucket_once() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let alice = keys.eddsa(claims(json!({"sub": "alice"})));
+        let d = decided_twice_settled_once(&w, "/x", &alice, "9.9.9.9");
+        let Decision::Allow(fwd) = d else {
+            panic!("allowed")
+        };
+        let h: std::collections::HashMap<_, _> = fwd.response_headers.into_iter().collect();
+        assert_eq!(h["ratelimit"], "\"free\";r=59;t=1", "one request charged");
+        // 60 per minute: 59 left after it (57 had deciding charged too).
+        assert_eq!(w.admitted(70, "/x", Some(&alice), "9.9.9.9", NOW), 59);
+    }
+
+    #[test]
+    fn deciding_twice_before_settling_charges_the_failed_auth_budget_once() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let forger = TestKeys::new();
+        let first = forger.eddsa(claims(json!({"sub": "f-first"})));
+        let r = denied(decided_twice_settled_once(&w, "/x", &first, "6.6.6.6"));
+        assert_eq!(r.reason, Reason::InvalidToken(TokenError::BadSignature));
+        // The budget is 10 failures per minute: 9 more are verified, the next is deferred.
+        for i in 0..9 {
+            let t = forger.eddsa(claims(json!({ "sub": format!("f{i}") })));
+            assert_eq!(denied(w.call("/x", Some(&t), "6.6.6.6", NOW)).status, 401);
+        }
+        let t = forger.eddsa(claims(json!({"sub": "f-last"})));
+        assert_eq!(denied(w.call("/x", Some(&t), "6.6.6.6", NOW)).status, 429);
+    }
+
+    #[test]
+    fn a_plan_never_settled_charges_nothing() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let alice = keys.eddsa(claims(json!({"sub": "alice"})));
+        for _ in 0..100 {
+            w.with_request("/x", Some(&alice), "9.9.9.9", NOW, |req, inputs| {
+                w.engine.decide(req, inputs, &mut Events::default())
+            });
+        }
+        assert_eq!(w.admitted(70, "/x", Some(&alice), "9.9.9.9", NOW), 60);
+    }
+
+    #[test]
+    fn a_charge_refused_when_settling_turns_the_answer_into_429() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let alice = keys.eddsa(claims(json!({"sub": "alice"})));
+        let d = w.with_request("/x", Some(&alice), "9.9.9.9", NOW, |req, inputs| {
+            let plan = w.engine.decide(req, inputs, &mut Events::default());
+            assert!(matches!(plan.decision(), Decision::Allow(_)));
+            // Meanwhile other workers spend alice's bucket.
+            assert_eq!(w.admitted(70, "/x", Some(&alice), "9.9.9.9", NOW), 60);
+            w.engine.settle(plan, inputs, &mut Events::default())
+        });
+        let r = denied(d);
+        assert_eq!(
+            (r.status, r.reason, r.route.as_deref()),
+            (429, Reason::RateLimited(RateLimited::Limit), Some("api"))
+        );
+        assert_eq!(r.caller.and_then(|c| c.sub).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_trickle_credit_gone_when_settling_gives_the_429_of_a_spent_budget() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        spend_budget(&w, "6.6.6.6");
+        let fresh = keys.eddsa(claims(json!({"sub": "new-login"})));
+        // Deferred once, so its retry may take a trickle credit.
+        assert_eq!(
+            denied(w.call("/x", Some(&fresh), "6.6.6.6", NOW)).status,
+            429
+        );
+        let d = w.with_request("/x", Some(&fresh), "6.6.6.6", NOW, |req, inputs| {
+            let plan = w.engine.decide(req, inputs, &mut Events::default());
+            assert!(matches!(plan.decision(), Decision::Allow(_)), "verified");
+            // Meanwhile the trickle's 3 credits go to retries from elsewhere.
+            let slot = w.engine.failed_auth_slot(req.peer);
+            let rl = w.engine.config.rate_limits.as_ref().unwrap();
+            let limit = &rl.limits[rl.failed_auth.unwrap()];
+            for _ in 0..3 {
+                let admitted = crate::ratelimit::budget::admit(
+                    &w.store,
+                    &slot,
+                    limit,
+                    1,
+                    true,
+                    NOW * 1_000_000_000,
+                );
+                assert_eq!(admitted, crate::ratelimit::budget::Admission::Trickle);
+            }
+            let mut events = Events::default();
+            let d = w.engine.settle(plan, inputs, &mut events);
+            assert_eq!(events.budget_trickle, 0);
+            d
+        });
+        let r = denied(d);
+        assert_eq!(
+            (r.status, r.reason),
+            (429, Reason::RateLimited(RateLimited::FailedAuth))
+        );
+        assert_eq!(header(&r, "retry-after"), "1");
+    }
+
     #[test]
     fn rate_limit_config_errors_name_the_field() {
         let keys = TestKeys::new();
         let base = |rl: serde_json::Value, routes: serde_json::Value| {
-            let cfg = json!({"providers": [{"issuer": ISSUER, "jwks": keys.jwks()}], "rateLimits": rl, "routes": routes});
-            Config::from_json(cfg.to_string().as_bytes())
+            let top = json!({"rateLimits": rl, "routes": routes});
+            parse_config(&config_doc(keys.jwks(), json!({}), top))
                 .unwrap_err()
                 .to_string()
         };
@@ -911,9 +1058,6 @@ fn non_utf8_or_missing_request_line_parts_are_refused() {
 
 #[test]
 fn the_token_cache_skips_the_signature_but_not_the_clock_or_a_key_change() {
-    use crate::jwt::cache::TokenCache;
-    use std::cell::RefCell;
-
     struct Gen(Inline, u64);
     impl KeyLookup for Gen {
         fn keys(&self, i: usize) -> Option<&KeySet> {
@@ -948,7 +1092,7 @@ fn the_token_cache_skips_the_signature_but_not_the_clock_or_a_key_change() {
             now_ns: at * 1_000_000_000,
         };
         let mut events = Events::default();
-        let d = engine.decide(&req, &inputs, &mut events);
+        let d = decide_and_settle(&engine, &req, &inputs, &mut events);
         (d, events.cache_hits, events.cache_misses)
     };
     assert!(matches!(run_at(&lookup, NOW), (Decision::Allow(_), 0, 1)));
@@ -1056,4 +1200,72 @@ fn a_query_parameter_token_is_cut_from_the_forwarded_path() {
         forwarded(json!({"fromParams": ["access_token"], "forwardOriginalToken": true})),
         None
     );
+}
+
+impl Engine {
+    /// The failed-auth slot of a request from `peer`.
+    fn failed_auth_slot(&self, peer: &Peer) -> String {
+        let rl = self.config.rate_limits.as_ref().unwrap();
+        self.slots.failed_auth_gate(rl, peer).unwrap().slot
+    }
+}
+
+#[test]
+fn a_cached_token_is_judged_by_its_scope_bits_as_a_fresh_one_by_its_claims() {
+    let keys = TestKeys::new();
+    let routes = json!({"routes": [
+        {"match": {"paths": ["/read"]}, "require": {"scopes": {"anyOf": ["read", "admin"]}}},
+        {"match": {"paths": ["/write"]}, "require": {"scopes": {"allOf": ["read", "write"]}}}]});
+    let (engine, inline) = engine(&keys, json!({}), routes);
+    let store = MemStore::for_engine(&engine);
+    let cache = RefCell::new(TokenCache::new(10, 1 << 20));
+    let reader = keys.eddsa(claims(json!({"scope": "read other"})));
+    let writer = keys.eddsa(claims(json!({"scope": "write", "scp": ["read"]})));
+    let call = |path: &str, token: &str| {
+        let headers = vec![
+            (":method".to_string(), b"GET".to_vec()),
+            (
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            ),
+        ];
+        let peer = Peer::default();
+        let req = RequestView {
+            path,
+            headers: &crate::request::borrowed(&headers),
+            peer: &peer,
+        };
+        let inputs = Inputs {
+            keys: &inline,
+            buckets: &store,
+            crypto: None,
+            cache: Some(&cache),
+            now_ns: NOW * 1_000_000_000,
+        };
+        let mut events = Events::default();
+        let d = decide_and_settle(&engine, &req, &inputs, &mut events);
+        (d, events.cache_hits)
+    };
+    for hits in [0, 1] {
+        let (d, h) = call("/write", &reader);
+        assert_eq!(h, hits);
+        assert_eq!(
+            denied(d).reason,
+            Reason::Forbidden(Forbidden::InsufficientScope),
+            "cold and warm alike"
+        );
+    }
+    // Bits in order of mention: read 0, admin 1, write 2; `other` has none.
+    let (Decision::Allow(fwd), 1) = call("/read", &reader) else {
+        panic!("a cached reader reads")
+    };
+    assert_eq!(fwd.principal.unwrap().scopes, 0b001);
+    for hits in [0, 1] {
+        let (d, h) = call("/write", &writer);
+        assert_eq!(h, hits);
+        let Decision::Allow(fwd) = d else {
+            panic!("a writer writes")
+        };
+        assert_eq!(fwd.principal.unwrap().scopes, 0b101);
+    }
 }

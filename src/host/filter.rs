@@ -1,4 +1,5 @@
-//! HTTP context: gather the request's inputs, call the core once, apply the decision.
+//! HTTP context: gather the request's inputs, let the core decide (a second time after catching
+//! up with shared keys on a key miss) and settle the final plan once, apply the decision.
 //!
 //! Two cases make a request wait instead of being answered at once:
 //! - a token names a `kid` the provider's keys lack: this worker first catches up with the shared
@@ -15,7 +16,7 @@ use std::rc::Rc;
 
 use crate::config::KeySource;
 use crate::decision::{Decision, LocalReply, Reason};
-use crate::engine::{Events, Inputs};
+use crate::engine::{Events, Inputs, Plan};
 use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
@@ -77,8 +78,10 @@ impl Filter {
         let Some(now) = now_ns() else {
             return refuse_unjudged("the host clock is unavailable");
         };
-        let (decision, events, peer) = self.evaluate(now);
+        let (plan, events, peer) = self.evaluate(now);
         let now_ms = now / 1_000_000;
+        // A request that waits is decided again later: its plan is dropped unsettled (it charged
+        // nothing).
         if let Some(index) = events.key_miss {
             if jwks::claim_refetch(&self.worker, index, now_ms) {
                 if let Some((token, lease)) = jwks::start(&self.worker, index, now_ms, true) {
@@ -91,7 +94,7 @@ impl Filter {
                 }
             }
         }
-        if let (Decision::Deny(_), Some(index)) = (&decision, events.keys_unavailable) {
+        if let (Decision::Deny(_), Some(index)) = (plan.decision(), events.keys_unavailable) {
             if let Some(until) = self.first_keys_wait(index, now_ms) {
                 log(
                     LogLevel::Debug,
@@ -102,6 +105,7 @@ impl Filter {
                 return STOP;
             }
         }
+        let decision = self.settle(plan, now);
         self.apply(decision, &peer)
     }
 
@@ -132,8 +136,9 @@ impl Filter {
         let Some(now) = now_ns() else {
             return true;
         };
-        let (decision, _, peer) = self.evaluate(now);
+        let (plan, _, peer) = self.evaluate(now);
         self.waiting = None;
+        let decision = self.settle(plan, now);
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
@@ -155,7 +160,8 @@ impl Filter {
             return;
         };
         jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
-        let (decision, _, peer) = self.evaluate(now);
+        let (plan, _, peer) = self.evaluate(now);
+        let decision = self.settle(plan, now);
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
@@ -187,8 +193,9 @@ impl Filter {
         }
     }
 
-    /// Reads the request, decides (catching up with shared keys once on a key miss).
-    fn evaluate(&self, now: u64) -> (Decision, Events, Peer) {
+    /// Reads the request, decides (catching up with shared keys once on a key miss, and then
+    /// deciding again: deciding reads only, so the first plan is simply dropped).
+    fn evaluate(&self, now: u64) -> (Plan, Events, Peer) {
         // Unreadable headers become none: the core then refuses the request (no `:path`: 400).
         let raw = abi::headers(MapType::Request).unwrap_or_default();
         let headers = crate::wire::decode_map(&raw).unwrap_or_default();
@@ -205,24 +212,39 @@ impl Filter {
             headers: &headers,
             peer: &peer,
         };
-        let (mut decision, mut events) = self.decide(&req, now);
-        let missed = match &decision {
-            Decision::Deny(reply) => key_miss(reply.reason),
-            Decision::Allow(fwd) => fwd.dry_run.as_ref().is_some_and(|r| key_miss(r.reason)),
-        };
-        if missed
+        let (mut plan, mut events) = self.decide(&req, now);
+        if plan.refusal().is_some_and(|r| key_miss(r.reason))
             && self.worker.keys.borrow_mut().sync(
                 &self.worker.engine.config,
                 &self.worker.metrics,
                 now / 1_000_000,
             )
         {
-            (decision, events) = self.decide(&req, now);
+            (plan, events) = self.decide(&req, now);
         }
-        (decision, events, peer)
+        (plan, events, peer)
     }
 
-    fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> (Decision, Events) {
+    fn decide(&self, req: &RequestView<'_>, now_ns: u64) -> (Plan, Events) {
+        let mut events = Events::default();
+        let plan = self.with_inputs(now_ns, |inputs| {
+            self.worker.engine.decide(req, inputs, &mut events)
+        });
+        self.worker.metrics.record(&events);
+        (plan, events)
+    }
+
+    /// Pays the plan of the request's final decision: once per request.
+    fn settle(&self, plan: Plan, now_ns: u64) -> Decision {
+        let mut events = Events::default();
+        let decision = self.with_inputs(now_ns, |inputs| {
+            self.worker.engine.settle(plan, inputs, &mut events)
+        });
+        self.worker.metrics.record(&events);
+        decision
+    }
+
+    fn with_inputs<T>(&self, now_ns: u64, f: impl FnOnce(&Inputs<'_>) -> T) -> T {
         let keys = self.worker.keys.borrow();
         let config = &self.worker.engine.config;
         let crypto: Option<&dyn HostCrypto> = config.host_crypto.then_some(&self.worker.crypto);
@@ -236,10 +258,7 @@ impl Filter {
             cache,
             now_ns,
         };
-        let mut events = Events::default();
-        let decision = self.worker.engine.decide(req, &inputs, &mut events);
-        self.worker.metrics.record(&events);
-        (decision, events)
+        f(&inputs)
     }
 
     /// Applies a decision: forward (`CONTINUE`) or answer locally (`STOP`).

@@ -1,5 +1,5 @@
-//! The only code that talks to the proxy: it reads inputs from Envoy, calls the pure core once
-//! per event, and applies the result. It uses meshguard's own ABI bindings ([`abi`]), not the
+//! The only code that talks to the proxy: it reads inputs from Envoy, calls the pure core (for a
+//! request: decide, then settle the final plan once), and applies the result. It uses meshguard's own ABI bindings ([`abi`]), not the
 //! proxy-wasm Rust SDK, whose host calls panic on unexpected statuses: here every host call
 //! returns a status the caller handles, so nothing the host or the network does can kill the VM.
 //!

@@ -84,7 +84,7 @@ impl Root {
         }
         let metrics = Metrics::define(&plugin, &config);
         let engine = Engine::new(config, &plugin, secret::per_proxy());
-        create_slots(&engine.slot_keys());
+        create_slots(&engine.slot_names());
         let cache = TokenCache::new(
             engine.config.token_cache_entries,
             engine.config.token_cache_bytes,

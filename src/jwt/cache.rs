@@ -36,7 +36,7 @@ pub fn token_hash(token: &str) -> u64 {
     h.finish()
 }
 
-/// The key of a token in the failed and deferred memories: SipHash-1-3 of the whole token, keyed
+/// A token's id in the failed and deferred memories: SipHash-1-3 of the whole token, keyed
 /// with the proxy's secret (so nobody can make a valid token collide with a forged one). Computed
 /// only for tokens not in the verified-token cache.
 pub fn whole_token_hash(secret: &[u8; 16], token: &str) -> u64 {
@@ -140,30 +140,30 @@ impl TokenCache {
         }
     }
 
-    /// How this token failed verification, if it did recently (`key`: its [`whole_token_hash`]).
-    pub fn failed(&self, key: u64) -> Option<&Failed> {
-        self.failed.get(key)
+    /// How this token failed verification, if it did recently (`id`: its [`whole_token_hash`]).
+    pub fn failed(&self, id: u64) -> Option<&Failed> {
+        self.failed.get(id)
     }
 
     /// Remembers a token that failed verification for reasons that time cannot undo.
-    pub fn remember_failed(&mut self, key: u64, failed: Failed) {
-        self.deferred.remove(key);
-        self.failed.touch(key, failed);
+    pub fn remember_failed(&mut self, id: u64, failed: Failed) {
+        self.deferred.remove(id);
+        self.failed.touch(id, failed);
     }
 
     /// The failed-auth budget deferred this token before.
-    pub fn was_deferred(&self, key: u64) -> bool {
-        self.deferred.get(key).is_some()
+    pub fn was_deferred(&self, id: u64) -> bool {
+        self.deferred.get(id).is_some()
     }
 
     /// Remembers (again) that the budget deferred this token.
-    pub fn defer(&mut self, key: u64) {
-        self.deferred.touch(key, ());
+    pub fn defer(&mut self, id: u64) {
+        self.deferred.touch(id, ());
     }
 
     /// The token is being verified: no longer waiting.
-    pub fn undefer(&mut self, key: u64) {
-        self.deferred.remove(key);
+    pub fn undefer(&mut self, id: u64) {
+        self.deferred.remove(id);
     }
 
     /// Entries of the failed and deferred memories.

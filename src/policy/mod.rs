@@ -1,6 +1,7 @@
 //! Authorization: routes (first match wins) and what each requires of the caller.
 
 pub mod path;
+pub mod scopes;
 
 use serde_json::Value;
 
@@ -8,6 +9,7 @@ pub use crate::identity::PrincipalPattern;
 
 use crate::identity::Peer;
 use crate::jwt::jws::Claims;
+use scopes::{ScopeIndex, ScopeMasks};
 
 /// What happens when the policy says no.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,10 @@ pub struct Policy {
     pub unmatched: Unmatched,
     pub mode: Mode,
     pub case_sensitive_paths: bool,
+    /// The scopes the routes name, each with its bit (for [`Principal::scopes`]).
+    ///
+    /// [`Principal::scopes`]: crate::jwt::principal::Principal::scopes
+    pub scopes: ScopeIndex,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +92,9 @@ pub enum PathPattern {
 pub struct Requirements {
     pub scopes_all_of: Vec<String>,
     pub scopes_any_of: Vec<String>,
+    /// The two scope lists as bits of [`Policy::scopes`]; `None` when one has no bit (then the
+    /// claims are read).
+    pub scope_masks: Option<ScopeMasks>,
     pub roles: Option<RoleRequirement>,
     pub claims: Vec<ClaimRequirement>,
     pub peers: PeerRequirement,
@@ -126,10 +135,13 @@ pub enum Denial {
 }
 
 impl Policy {
-    /// The first route matching the request; `path` is already normalised.
-    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+    /// The first route matching the request, with its index; `path` is already normalised.
+    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<(usize, &Route)> {
         let host = normalize_host(host);
-        self.routes.iter().find(|r| r.matches(&host, path, method))
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(&host, path, method))
     }
 }
 
@@ -213,6 +225,17 @@ impl Requirements {
 
     /// Checks every requirement: peer first (transport), then issuer, scopes, roles, claims.
     pub fn check(&self, claims: Option<&Claims>, peer: &Peer) -> Result<(), Denial> {
+        self.check_granted(claims, None, peer)
+    }
+
+    /// [`Requirements::check`], with the scopes a verified token grants as bits of
+    /// [`Policy::scopes`] when known (its principal's): the scope check is then a mask test.
+    pub fn check_granted(
+        &self,
+        claims: Option<&Claims>,
+        granted: Option<u128>,
+        peer: &Peer,
+    ) -> Result<(), Denial> {
         self.peers.check(peer)?;
         if !self.needs_token() {
             return Ok(());
@@ -227,17 +250,11 @@ impl Requirements {
             return Err(Denial::InsufficientPermissions);
         }
         if !self.scopes_all_of.is_empty() || !self.scopes_any_of.is_empty() {
-            let have = scopes(claims);
-            let all = self
-                .scopes_all_of
-                .iter()
-                .all(|s| have.contains(&s.as_str()));
-            let any = self.scopes_any_of.is_empty()
-                || self
-                    .scopes_any_of
-                    .iter()
-                    .any(|s| have.contains(&s.as_str()));
-            if !(all && any) {
+            let allowed = match (self.scope_masks, granted) {
+                (Some(masks), Some(granted)) => masks.allow(granted),
+                _ => self.scopes_granted_by(claims),
+            };
+            if !allowed {
                 let needed: Vec<&str> = self
                     .scopes_all_of
                     .iter()
@@ -259,6 +276,23 @@ impl Requirements {
             }
         }
         Ok(())
+    }
+}
+
+impl Requirements {
+    /// The scope requirement judged from the claims.
+    fn scopes_granted_by(&self, claims: &Claims) -> bool {
+        let have = scopes(claims);
+        let all = self
+            .scopes_all_of
+            .iter()
+            .all(|s| have.contains(&s.as_str()));
+        let any = self.scopes_any_of.is_empty()
+            || self
+                .scopes_any_of
+                .iter()
+                .any(|s| have.contains(&s.as_str()));
+        all && any
     }
 }
 

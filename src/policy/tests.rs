@@ -20,7 +20,8 @@ fn config_err(top: Value) -> String {
 
 fn route_name<'a>(p: &'a Policy, host: &str, raw_path: &str, method: &str) -> Option<&'a str> {
     let path = path::normalize(raw_path, p.case_sensitive_paths).ok()?;
-    p.route_for(host, &path, method).map(|r| r.name.as_str())
+    p.route_for(host, &path, method)
+        .map(|(_, r)| r.name.as_str())
 }
 
 fn claims(v: Value) -> Claims {

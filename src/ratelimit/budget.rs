@@ -3,7 +3,7 @@
 //! Only a token that needs verifying from scratch meets the budget: a token in the verified-token
 //! cache is never refused by it, and a token that already failed is refused from the negative
 //! cache without any signature work (both per worker, in [`TokenCache`]). Each failed-auth slot
-//! (a fixed shared-data key, chosen by the keyed hash of the source address) holds a
+//! (a fixed shared-data entry, chosen by the keyed hash of the source address) holds a
 //! [`FailedAuthSlot`]:
 //!
 //! - the **budget**: the `failedAuth` policy's GCRA bucket, charged by each failed verification;
@@ -23,7 +23,7 @@
 //!
 //! [`TokenCache`]: crate::jwt::cache::TokenCache
 
-use super::store::{BucketStore, MAX_CAS_ATTEMPTS};
+use super::store::{BucketStore, Seen, MAX_CAS_ATTEMPTS};
 use super::{Bucket, Limit, Verdict};
 
 /// One trickle credit per second per slot once the budget is spent.
@@ -160,44 +160,104 @@ pub enum Admission {
     Contended { verdict: Verdict },
 }
 
+/// What [`assess`] reads in a slot, without writing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assessment {
+    /// The budget has room (or the slot is missing): verify, nothing to take.
+    Budget,
+    /// The budget is spent and a trickle credit is there: verify, then take it ([`admit_seen`]
+    /// with `seen`, which may still find it gone).
+    Trickle { seen: Seen },
+    /// Refused without verification (see [`Admission::Deferred`]).
+    Deferred { verdict: Verdict },
+}
+
+/// What [`admit`] would decide, read only: the pure phase of a request asks this, and the
+/// settling phase takes the trickle credit.
+pub fn assess(
+    store: &dyn BucketStore,
+    slot: &str,
+    limit: &Limit,
+    fingerprint: u32,
+    retried: bool,
+    now_ns: u64,
+) -> Assessment {
+    let Some((bytes, cas)) = store.get(slot) else {
+        return Assessment::Budget;
+    };
+    let state = FailedAuthSlot::decode(&bytes);
+    let Some(spent) = limit.exhausted(state.budget(), now_ns) else {
+        return Assessment::Budget;
+    };
+    let newcomer = retried || !state.lists(fingerprint);
+    match state.take_trickle(now_ns) {
+        Ok(_) if newcomer => Assessment::Trickle { seen: (bytes, cas) },
+        Ok(_) => Assessment::Deferred {
+            verdict: deferred(spent, 0),
+        },
+        Err(wait_ns) => Assessment::Deferred {
+            verdict: deferred(spent, wait_ns),
+        },
+    }
+}
+
+/// The budget's verdict on a deferred token: retry once the trickle has a credit (at least one
+/// trickle interval).
+fn deferred(spent: Verdict, wait_ns: u64) -> Verdict {
+    Verdict {
+        retry_after_ns: wait_ns.max(TRICKLE_INTERVAL_NS),
+        ..spent
+    }
+}
+
 /// Decides whether a token from the source with `fingerprint` is verified. `retried`: this
 /// worker deferred the same token before (or it cannot tell, having no memory of deferrals).
 pub fn admit(
     store: &dyn BucketStore,
-    key: &str,
+    slot: &str,
     limit: &Limit,
     fingerprint: u32,
     retried: bool,
     now_ns: u64,
 ) -> Admission {
+    admit_seen(store, slot, limit, fingerprint, retried, now_ns, None)
+}
+
+/// [`admit`], whose first attempt starts from `seen` (the slot as [`assess`] read it).
+pub fn admit_seen(
+    store: &dyn BucketStore,
+    slot: &str,
+    limit: &Limit,
+    fingerprint: u32,
+    retried: bool,
+    now_ns: u64,
+    mut seen: Option<Seen>,
+) -> Admission {
     let mut last = None;
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = seen.take().or_else(|| store.get(slot)) else {
             return Admission::Budget;
         };
-        let slot = FailedAuthSlot::decode(&bytes);
-        let Some(spent) = limit.exhausted(slot.budget(), now_ns) else {
+        let state = FailedAuthSlot::decode(&bytes);
+        let Some(spent) = limit.exhausted(state.budget(), now_ns) else {
             return Admission::Budget;
         };
-        let deferred = |wait_ns: u64| Admission::Deferred {
-            verdict: Verdict {
-                retry_after_ns: wait_ns.max(TRICKLE_INTERVAL_NS),
-                ..spent
-            },
+        let defer = |wait_ns: u64| Admission::Deferred {
+            verdict: deferred(spent, wait_ns),
         };
-        if !retried && slot.lists(fingerprint) {
+        if !retried && state.lists(fingerprint) {
             // A new token from a source that failed here recently: not verified now; its retry
             // is, once the trickle has a credit.
-            return deferred(slot.take_trickle(now_ns).err().unwrap_or(0));
+            return defer(state.take_trickle(now_ns).err().unwrap_or(0));
         }
-        match slot.take_trickle(now_ns) {
+        match state.take_trickle(now_ns) {
             Ok(next) => {
-                if store.set(key, &next.encode(), cas).is_ok() {
+                if store.set(slot, &next.encode(), cas).is_ok() {
                     return Admission::Trickle;
                 }
                 last = Some(spent);
             }
-            Err(wait_ns) => return deferred(wait_ns),
+            Err(wait_ns) => return defer(wait_ns),
         }
     }
     let verdict = last.map_or(
@@ -219,17 +279,17 @@ pub fn admit(
 /// compare-and-swap attempt lost (or the slot is missing).
 pub fn record_failure(
     store: &dyn BucketStore,
-    key: &str,
+    slot: &str,
     limit: &Limit,
     fingerprint: u32,
     now_ns: u64,
 ) -> bool {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = store.get(slot) else {
             return false;
         };
         let next = FailedAuthSlot::decode(&bytes).with_failure(limit, fingerprint, now_ns);
-        if store.set(key, &next.encode(), cas).is_ok() {
+        if store.set(slot, &next.encode(), cas).is_ok() {
             return true;
         }
     }

@@ -5,16 +5,17 @@
 //! the 64-bit hash of the identity that last charged it. A bucket of capacity `burst` refilled at
 //! `requests / per` admits a request of cost `c` at time `now` when
 //! `max(TAT, now) + c·T − now ≤ burst·T` (with `T = per / requests`), and then stores the new TAT.
-//! Refill is lazy arithmetic on `now`: no per-key timer work. A clock going backwards never grants
+//! Refill is lazy arithmetic on `now`: no per-bucket timer work. A clock going backwards never grants
 //! anything (`max(TAT, now)`).
 //!
-//! **Bounded keys.** Envoy never deletes shared-data keys, so each policy owns a fixed number of
-//! slots; an identity is hashed (never stored raw) to one slot. Identities that collide share the
+//! **Bounded slots.** Envoy never deletes shared-data keys, so each policy owns a fixed number of
+//! slots (named shared-data entries); an identity is hashed (never stored raw) to one slot. Identities that collide share the
 //! slot's bucket: a slot is never cleared, only time refills it, so no client can reset its own
 //! bucket by churning identities and nobody can evict a victim's bucket to refill it. A collision
 //! can only make limiting stricter (it is counted when the slot was still in use by another
 //! identity).
 
+pub mod apply;
 pub mod budget;
 pub mod store;
 
@@ -80,15 +81,15 @@ pub struct Limit {
     pub requests: u64,
     pub per_ns: u64,
     pub burst: u64,
-    /// What a bucket is per.
-    pub key: KeyKind,
+    /// What its buckets are per.
+    pub by: LimitBy,
     /// Number of shared-data slots (buckets) for this limit.
     pub slots: u32,
 }
 
-/// What a limit's buckets are keyed by.
+/// What a limit's buckets are per (the `key` field of a policy in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
+pub enum LimitBy {
     /// The caller's identity (the configured identity order, falling back to source IP).
     Identity,
     /// The source IP address.
@@ -213,14 +214,14 @@ pub type SlotSecret = [u8; 16];
 
 /// The 64-bit hash of an identity string that chooses its slot: SipHash-2-4 keyed with the
 /// proxy's secret over the identity's bytes (the same in every worker VM of the proxy, since they
-/// share the secret). Identities are never used raw as keys.
+/// share the secret). Identities are never used raw in slot names.
 pub fn identity_hash(secret: &SlotSecret, identity: &str) -> u64 {
     siphasher::sip::SipHasher24::new_with_key(secret).hash(identity.as_bytes())
 }
 
 /// A stable 64-bit hash with fixed, public keys, for names that must be the same in every proxy
-/// and are not chosen by clients (the shared-data keys of a JWKS source). Equal to what
-/// `std::hash::SipHasher` with these keys gave for a `&str`, so existing key names do not move.
+/// and are not chosen by clients (the shared-data names of a JWKS source). Equal to what
+/// `std::hash::SipHasher` with these keys gave for a `&str`, so existing names do not move.
 pub fn stable_hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h =
@@ -238,8 +239,8 @@ pub enum SlotKind {
     FailedAuth,
 }
 
-/// The prefix of a policy's slot keys: `meshguard/<plugin>/<rl|fa>/<policy>/` (built once per
-/// configuration; a slot's key is this plus the slot number, see [`slot_key`]).
+/// The prefix of a policy's slot names: `meshguard/<plugin>/<rl|fa>/<policy>/` (built once per
+/// configuration; a slot's name is this plus the slot number, see [`slot_name`]).
 pub fn slot_prefix(plugin: &str, kind: SlotKind, limit: &Limit) -> String {
     let family = match kind {
         SlotKind::Bucket => "rl",
@@ -253,13 +254,13 @@ pub fn slot_of(limit: &Limit, hash: u64) -> u64 {
     hash % u64::from(limit.slots.max(1))
 }
 
-/// Shared-data key of slot `slot` under `prefix` (from [`slot_prefix`]).
-pub fn slot_key(prefix: &str, slot: u64) -> String {
+/// The shared-data name of slot `slot` under `prefix` (from [`slot_prefix`]).
+pub fn slot_name(prefix: &str, slot: u64) -> String {
     use std::fmt::Write as _;
-    let mut key = String::with_capacity(prefix.len() + 10);
-    key.push_str(prefix);
-    let _ = write!(key, "{slot}");
-    key
+    let mut name = String::with_capacity(prefix.len() + 10);
+    name.push_str(prefix);
+    let _ = write!(name, "{slot}");
+    name
 }
 
 #[cfg(test)]

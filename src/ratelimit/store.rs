@@ -2,17 +2,20 @@
 
 use super::{Bucket, Limit, Verdict};
 
-/// A key-value store with compare-and-swap: Envoy shared data in the host, a map in tests.
+/// A store of named slots with compare-and-swap: Envoy shared data in the host, a map in tests.
 pub trait BucketStore {
-    /// The value and its CAS token; `None` when the key does not exist.
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Writes `value` if the key's CAS token is still `cas`.
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), CasMismatch>;
+    /// The slot's value and its CAS token; `None` when no slot has that name.
+    fn get(&self, slot: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value` if the slot's CAS token is still `cas`.
+    fn set(&self, slot: &str, value: &[u8], cas: u32) -> Result<(), CasMismatch>;
 }
 
 /// Another worker wrote first (or the store refused the write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CasMismatch;
+
+/// A slot's value and CAS token as read (by the pure phase, to be written by the settling one).
+pub type Seen = (Vec<u8>, u32);
 
 /// CAS attempts before giving up on one charge.
 pub const MAX_CAS_ATTEMPTS: usize = 16;
@@ -29,18 +32,32 @@ pub enum Charge {
     Contended,
 }
 
-/// Charges `cost` to the bucket at `key` for identity hash `owner`.
+/// Charges `cost` to the bucket in slot `slot` for identity hash `owner`.
 pub fn charge(
     store: &dyn BucketStore,
-    key: &str,
+    slot: &str,
     limit: &Limit,
     cost: u64,
     now_ns: u64,
     owner: u64,
 ) -> Charge {
+    charge_seen(store, slot, limit, cost, now_ns, owner, None)
+}
+
+/// [`charge`], whose first attempt starts from `seen` (the slot as read earlier, when it was
+/// read: one host read fewer) instead of reading the slot again.
+pub fn charge_seen(
+    store: &dyn BucketStore,
+    slot: &str,
+    limit: &Limit,
+    cost: u64,
+    now_ns: u64,
+    owner: u64,
+    mut seen: Option<Seen>,
+) -> Charge {
     for _ in 0..MAX_CAS_ATTEMPTS {
         // Slots are created at configure time; a missing one cannot be updated atomically.
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = seen.take().or_else(|| store.get(slot)) else {
             return Charge::Contended;
         };
         let bucket = Bucket::decode(&bytes);
@@ -49,7 +66,7 @@ pub fn charge(
         let Some(next) = next else {
             return Charge::Done { verdict, shared };
         };
-        if store.set(key, &next.encode(), cas).is_ok() {
+        if store.set(slot, &next.encode(), cas).is_ok() {
             return Charge::Done { verdict, shared };
         }
     }
@@ -59,10 +76,10 @@ pub fn charge(
 /// Reads a bucket without charging it: `Some` when it is exhausted.
 pub fn peek_exhausted(
     store: &dyn BucketStore,
-    key: &str,
+    slot: &str,
     limit: &Limit,
     now_ns: u64,
 ) -> Option<Verdict> {
-    let (bytes, _) = store.get(key)?;
+    let (bytes, _) = store.get(slot)?;
     limit.exhausted(Bucket::decode(&bytes), now_ns)
 }

@@ -13,7 +13,7 @@ fn limit(requests: u64, per_s: u64, burst: u64) -> Limit {
         requests,
         per_ns: per_s * SEC,
         burst,
-        key: KeyKind::Identity,
+        by: LimitBy::Identity,
         slots: 8,
     }
 }
@@ -192,7 +192,7 @@ fn identity_hashes_are_stable_and_keys_bounded() {
     let keys: std::collections::HashSet<String> = (0..10_000)
         .map(|i| {
             let hash = identity_hash(&[1; 16], &format!("ip:{i}"));
-            slot_key(&slot_prefix("p", SlotKind::Bucket, &l), slot_of(&l, hash))
+            slot_name(&slot_prefix("p", SlotKind::Bucket, &l), slot_of(&l, hash))
         })
         .collect();
     assert_eq!(keys.len(), 8, "10,000 identities, 8 slots");

@@ -11,7 +11,7 @@ const NOW: u64 = 1_767_225_600;
 
 fn one_shard(entries: u16) -> (ReplayCache, MemStore) {
     let cache = ReplayCache::new("mg.dpop.p", 1, entries);
-    let store = MemStore::with_slots(cache.slot_keys());
+    let store = MemStore::with_slots(cache.slot_names());
     (cache, store)
 }
 
@@ -31,15 +31,15 @@ fn proof_hash_is_keyed_siphash_2_4_of_jkt_and_jti() {
 }
 
 #[test]
-fn slot_keys_are_fixed_and_bounded() {
+fn slot_names_are_fixed_and_bounded() {
     let cache = ReplayCache::new("mg.dpop.p", 3, 8);
     assert_eq!(
-        cache.slot_keys(),
+        cache.slot_names(),
         ["mg.dpop.p.0", "mg.dpop.p.1", "mg.dpop.p.2"]
     );
-    assert_eq!(ReplayCache::new("x", 0, 0).slot_keys(), ["x.0"]);
+    assert_eq!(ReplayCache::new("x", 0, 0).slot_names(), ["x.0"]);
     assert_eq!(
-        ReplayCache::new("x", u32::MAX, 1).slot_keys().len(),
+        ReplayCache::new("x", u32::MAX, 1).slot_names().len(),
         MAX_SHARDS as usize
     );
 }
@@ -85,7 +85,7 @@ fn a_full_shard_refuses_until_records_expire() {
 #[test]
 fn shards_spread_proofs_by_the_hash_high_half() {
     let cache = ReplayCache::new("s", 4, 1);
-    let store = MemStore::with_slots(cache.slot_keys());
+    let store = MemStore::with_slots(cache.slot_names());
     // High halves 0..3: one per shard, so four single-record shards all take one.
     for shard in 0..4u64 {
         assert_eq!(cache.record(&store, shard << 32 | 9, NOW + 5, NOW), Ok(()));
@@ -149,7 +149,7 @@ impl crate::ratelimit::store::BucketStore for Racing<'_> {
 
 fn racing(cache: &ReplayCache, their: u64) -> Racing<'_> {
     Racing {
-        inner: MemStore::with_slots(cache.slot_keys()),
+        inner: MemStore::with_slots(cache.slot_names()),
         cache,
         their: RefCell::new(Some(their)),
     }

@@ -1,7 +1,7 @@
 //! The failed-auth slot with an explicit clock, against the fake compare-and-swap store.
 
 use super::*;
-use crate::ratelimit::KeyKind;
+use crate::ratelimit::LimitBy;
 use crate::testkit::MemStore;
 
 const SEC: u64 = 1_000_000_000;
@@ -14,7 +14,7 @@ fn policy() -> Limit {
         requests: 2,
         per_ns: 60 * SEC,
         burst: 2,
-        key: KeyKind::SourceIp,
+        by: LimitBy::SourceIp,
         slots: 1,
     }
 }
