@@ -55,10 +55,12 @@ run: build
 	cargo run --quiet --example run
 
 # Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, an empty
-# proxy-wasm filter (bench/floor), meshguard.
+# proxy-wasm filter (bench/floor), meshguard; plus two ablation variants of meshguard (bench/ablation:
+# no rate limit; buckets per worker instead of shared data) that show where its warm time goes.
 # Installs wrk (Debian) and the bench's Python packages into the project venv.
 bench: build
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
+	bench/ablation/build.sh
 	@command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check pyjwt==2.15.1 cryptography matplotlib
 	$(PY) bench/bench.py

@@ -17,6 +17,12 @@ Workloads (wrk, plaintext HTTP/1.1 keep-alive):
   W4 flood: 58 connections send forged tokens (valid shape, bad signature) while 6 send
      legitimate ones; the legitimate requests' p99 is reported
 
+Ablation (W1 only, when bench/ablation/build.sh has built its variant):
+  mg-no-limit        meshguard without its rate limit (same config otherwise)
+  mg-worker-buckets  meshguard with buckets in a per-worker map instead of Envoy shared data
+                     (not exact across workers; a measurement, never shipped)
+Each is reported relative to meshguard: what the removed part costs.
+
 Setups are interleaved (bare, native, wasm-floor, meshguard, bare, …) for ROUNDS rounds so drift hits all
 equally; each run starts a fresh Envoy. Reported numbers are medians over rounds. Writes
 bench/results.json and bench/chart.png and prints a table.
@@ -52,6 +58,11 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 ISSUER, AUDIENCE = "https://idp.bench", "bench"
 SETUPS = ["bare", "native", "wasm-floor", "meshguard"]
+# Where meshguard's warm time goes (W1 only): the same policy without its rate limit, and with its
+# buckets in a per-worker map instead of Envoy shared data (bench/ablation; not exact across
+# workers, never shipped). Skipped when the ablation build is missing.
+ABLATION_WASM = os.environ.get("ABLATION_WASM", str(ROOT / "target/ablation/wasm32-wasip1/release/meshguard.wasm"))
+ABLATIONS = ["mg-no-limit", "mg-worker-buckets"]
 WORKLOADS = ["W1", "W2", "W3", "W4"]
 
 
@@ -165,7 +176,7 @@ def bootstrap(setup: str, jwks_port: int) -> str:
               - entries: [{{key: sub}}]
                 token_bucket: {{max_tokens: 100000000, tokens_per_fill: 100000000, fill_interval: 1s}}
               max_dynamic_descriptors: 10000"""
-    plugin = json.dumps({
+    plugin = {
         "logLevel": "warn",
         "providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
                        "jwksUri": "http://idp.bench/jwks", "jwksCluster": "idp"}],
@@ -173,7 +184,10 @@ def bootstrap(setup: str, jwks_port: int) -> str:
                     "require": {"scopes": {"anyOf": ["read"]}},
                     "rateLimit": [{"policy": "high"}]}],
         "rateLimits": {"identity": ["sub"], "policies": {"high": {"requests": 100000000, "per": "1s"}}},
-    })
+    }
+    if setup == "mg-no-limit":
+        del plugin["rateLimits"], plugin["routes"][0]["rateLimit"]
+    plugin = json.dumps(plugin)
     def wasm_filter(name: str, path: str, configuration: str = "") -> str:
         return f"""
           - name: {name}
@@ -191,7 +205,9 @@ def bootstrap(setup: str, jwks_port: int) -> str:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {json.dumps(plugin)}""")
     floor = wasm_filter("floor", FLOOR_WASM)
-    filters = {"bare": "", "native": native, "wasm-floor": floor, "meshguard": meshguard}[setup]
+    worker_buckets = meshguard.replace(f"filename: {WASM}", f"filename: {ABLATION_WASM}")
+    filters = {"bare": "", "native": native, "wasm-floor": floor, "meshguard": meshguard,
+               "mg-no-limit": meshguard, "mg-worker-buckets": worker_buckets}[setup]
     return f"""
 static_resources:
   listeners:
@@ -351,11 +367,15 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", jwks_port), Jwks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    raw = {w: {s: [] for s in SETUPS} for w in WORKLOADS}
-    rss = {s: [] for s in SETUPS}
+    ablations = ABLATIONS if Path(ABLATION_WASM).exists() else []
+    if not ablations:
+        print(f"note: {ABLATION_WASM} missing (bench/ablation/build.sh): no ablation runs", flush=True)
+    setups_of = lambda w: SETUPS + (ablations if w == "W1" else [])
+    raw = {w: {s: [] for s in setups_of(w)} for w in WORKLOADS}
+    rss = {s: [] for s in SETUPS + ablations}
     for rnd in range(ROUNDS):
         for workload in WORKLOADS:
-            for setup in SETUPS:
+            for setup in setups_of(workload):
                 envoy = Envoy(setup, jwks_port)
                 try:
                     # Keys fetched (a token passes), then a warm-up that must be all 2xx.
@@ -384,14 +404,14 @@ def main():
                     r["rss_mb"] = envoy.rss_mb()
                     rss[setup].append(r["rss_mb"])
                     raw[workload][setup].append(r)
-                    print(f"round {rnd + 1} {workload} {setup:9s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mb']:5.0f} MB", flush=True)
+                    print(f"round {rnd + 1} {workload} {setup:17s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mb']:5.0f} MB", flush=True)
                 finally:
                     envoy.stop()
     server.shutdown()
 
     med = lambda xs: statistics.median(xs)
     summary = {w: {s: {k: med([r[k] for r in raw[w][s]]) for k in ("rps", "p50_ms", "p99_ms", "rss_mb")}
-                   for s in SETUPS} for w in WORKLOADS}
+                   for s in setups_of(w)} for w in WORKLOADS}
     ratios = {
         "warm_vs_native": summary["W1"]["meshguard"]["rps"] / summary["W1"]["native"]["rps"],
         "warm_vs_bare": summary["W1"]["meshguard"]["rps"] / summary["W1"]["bare"]["rps"],
@@ -402,25 +422,29 @@ def main():
         "flood_legit_p99_vs_warm_p99": summary["W4"]["meshguard"]["p99_ms"] / summary["W1"]["meshguard"]["p99_ms"],
         "native_flood_legit_p99_vs_warm_p99": summary["W4"]["native"]["p99_ms"] / summary["W1"]["native"]["p99_ms"],
     }
+    # Ablation (W1): throughput of each variant relative to meshguard; the gain is what that part costs.
+    ablation = {f"{a}_vs_meshguard": summary["W1"][a]["rps"] / summary["W1"]["meshguard"]["rps"] for a in ablations}
     # Issue 12's goals (the native chain limits per identity, like meshguard).
     goals = {"warm_vs_native": (">=", 1.10), "cold_vs_native": (">=", 1.0),
              "warm_vs_wasm_floor": (">=", 0.9), "flood_legit_p99_vs_warm_p99": ("<=", 2.0)}
     result = {"duration_s": DURATION, "rounds": ROUNDS, "envoy_workers": 2, "envoy": ENVOY,
-              **ratios, "goals": {k: {"goal": f"{op} {v}", "met": (ratios[k] >= v if op == ">=" else ratios[k] <= v)}
+              **ratios, "ablation": ablation, "goals": {k: {"goal": f"{op} {v}", "met": (ratios[k] >= v if op == ">=" else ratios[k] <= v)}
                                   for k, (op, v) in goals.items()},
               "summary": summary, "raw": raw}
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
 
     print("\nmedians over", ROUNDS, "interleaved rounds,", DURATION, "s each, 2 Envoy workers")
-    print(f"{'workload':9s} {'setup':10s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'RSS MB':>7s}")
+    print(f"{'workload':9s} {'setup':17s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'RSS MB':>7s}")
     for w in WORKLOADS:
-        for s in SETUPS:
+        for s in setups_of(w):
             v = summary[w][s]
-            print(f"{w:9s} {s:10s} {v['rps']:9.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['rss_mb']:7.0f}")
+            print(f"{w:9s} {s:17s} {v['rps']:9.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['rss_mb']:7.0f}")
     print()
     for k, v in ratios.items():
         goal = result["goals"].get(k)
         print(f"{k:36s} {v:6.2f}" + (f"   goal {goal['goal']}: {'met' if goal['met'] else 'MISSED'}" if goal else ""))
+    for k, v in ablation.items():
+        print(f"{'ablation ' + k:36s} {v:6.2f}")
 
     import matplotlib
     matplotlib.use("Agg")
