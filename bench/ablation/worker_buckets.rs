@@ -14,14 +14,14 @@ thread_local! {
 }
 
 impl BucketStore for SharedData {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        SLOTS.with(|s| s.borrow().get(key).cloned())
+    fn get(&self, slot: &str) -> Option<(Vec<u8>, u32)> {
+        SLOTS.with(|s| s.borrow().get(slot).cloned())
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), CasMismatch> {
+    fn set(&self, slot: &str, value: &[u8], cas: u32) -> Result<(), CasMismatch> {
         SLOTS.with(|s| {
             let mut slots = s.borrow_mut();
-            let entry = slots.entry(key.to_string()).or_insert((Vec::new(), 1));
+            let entry = slots.entry(slot.to_string()).or_insert((Vec::new(), 1));
             if cas != 0 && entry.1 != cas {
                 return Err(CasMismatch);
             }
@@ -32,8 +32,8 @@ impl BucketStore for SharedData {
     }
 }
 
-pub fn create_slots(keys: &[String]) {
-    for key in keys {
-        let _ = SharedData.set(key, &[], 0);
+pub fn create_slots(names: &[String]) {
+    for name in names {
+        let _ = SharedData.set(name, &[], 0);
     }
 }
