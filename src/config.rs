@@ -129,9 +129,11 @@ pub struct Config {
     pub realm: String,
     pub providers: Vec<Provider>,
     /// Each provider's DPoP (RFC 9449) settings, at its index in `providers`; `None`: DPoP is
-    /// off for it. Kept beside the providers because `dpop` depends on `jwt`. Not read by the
-    /// request pipeline yet.
+    /// off for it. Kept beside the providers because `dpop` depends on `jwt`.
     pub dpop: Vec<Option<crate::dpop::Config>>,
+    /// The token source `Authorization: DPoP …`, when a provider has DPoP on: a credential
+    /// found there was presented with the DPoP scheme.
+    pub dpop_source: Option<usize>,
     pub principal_header: String,
     pub peer_headers: Vec<PeerHeader>,
     /// Every header meshguard may set upstream; client-sent copies are removed on every request.
@@ -255,10 +257,16 @@ impl TryFrom<RawConfig> for Config {
             &providers,
             rate_limits.as_ref(),
         )?;
+        let dpop_source = token_sources.iter().position(|s| {
+            matches!(s, TokenSource::Header { name, prefix }
+                if name == "authorization" && prefix == provider::DPOP_SCHEME)
+        });
+        let dpop_source = dpop_source.filter(|_| dpop.iter().any(Option::is_some));
         Ok(Config {
             realm,
             providers,
             dpop,
+            dpop_source,
             principal_header,
             peer_headers,
             owned_headers,

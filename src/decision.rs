@@ -10,6 +10,7 @@
 //! a policy's quota).
 
 use crate::jwt::extract::RequestError;
+use crate::jwt::Algorithm;
 use crate::jwt::TokenError;
 use crate::policy::Denial;
 use crate::ratelimit::{Limit, Verdict};
@@ -27,6 +28,25 @@ pub enum Reason {
     Forbidden(Forbidden),
     /// RFC 6585 429.
     RateLimited(RateLimited),
+    /// RFC 9449: the `DPoP` proof is refused (`invalid_dpop_proof`).
+    InvalidDpopProof(DpopProof),
+    /// RFC 9449 §8: a `DPoP-Nonce` from this proxy is required (`use_dpop_nonce`); the answer
+    /// carries a fresh one.
+    UseDpopNonce,
+    /// The replay cache could not record the proof (full or contended): refused, as a proof
+    /// that is not recorded could be replayed.
+    DpopUnavailable,
+}
+
+/// Why a DPoP proof was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpopProof {
+    /// Missing, malformed or not matching the request (the log line says which rule).
+    Invalid,
+    /// Its `jti` was seen already within its validity window, by any worker of this proxy.
+    Replayed,
+    /// A proof without an access token.
+    WithoutToken,
 }
 
 /// Why a request was throttled.
@@ -68,6 +88,9 @@ pub enum Challenge {
     Error,
     /// The same plus `scope="…"`, the scopes the route needs (also in the body).
     Scope,
+    /// The error belongs to the `DPoP` challenge (RFC 9449 §7.1): `DPoP realm="…", algs="…",
+    /// error="…", error_description="…"`.
+    Dpop,
 }
 
 /// The rate-limit headers of an answer, beyond the ones every answer has.
@@ -191,6 +214,25 @@ reason_table! {
         401, Error, "invalid_token", "certificate binding required", "invalid_token.binding_required", Absent;
     InvalidToken(TokenError::UnsupportedBinding) =>
         401, Error, "invalid_token", "unsupported token binding", "invalid_token.unsupported_binding", Absent;
+    InvalidToken(TokenError::DpopBoundAsBearer) =>
+        401, Error, "invalid_token", "DPoP-bound token sent as bearer", "invalid_token.dpop_as_bearer", Absent;
+    InvalidToken(TokenError::NotDpopBound) =>
+        401, Dpop, "invalid_token", "token not DPoP-bound", "invalid_token.not_dpop_bound", Absent;
+    InvalidToken(TokenError::DpopKeyMismatch) =>
+        401, Dpop, "invalid_token", "DPoP key mismatch", "invalid_token.dpop_key", Absent;
+    InvalidToken(TokenError::DpopRequired) =>
+        401, Dpop, "invalid_token", "DPoP-bound token required", "invalid_token.dpop_required", Absent;
+
+    InvalidDpopProof(DpopProof::Invalid) =>
+        401, Dpop, "invalid_dpop_proof", "invalid DPoP proof", "invalid_dpop_proof", Absent;
+    InvalidDpopProof(DpopProof::Replayed) =>
+        401, Dpop, "invalid_dpop_proof", "DPoP proof replayed", "invalid_dpop_proof.replayed", Absent;
+    InvalidDpopProof(DpopProof::WithoutToken) =>
+        401, Dpop, "invalid_dpop_proof", "DPoP proof without access token", "invalid_dpop_proof.no_token", Absent;
+    UseDpopNonce =>
+        401, Dpop, "use_dpop_nonce", "DPoP nonce required", "use_dpop_nonce", Absent;
+    DpopUnavailable =>
+        503, Absent, "temporarily_unavailable", "DPoP replay cache unavailable", "dpop_replay_unavailable", RetryAfterOne;
 
     Forbidden(Forbidden::InsufficientScope) =>
         403, Scope, "insufficient_scope", "insufficient scope", "insufficient_scope", Absent;
@@ -314,9 +356,49 @@ pub struct LocalReply {
     pub route: Option<String>,
     /// Who was refused, when authenticated (for logs).
     pub caller: Option<Box<Caller>>,
+    /// What exactly failed, for the log line only (never sent): e.g. which `htu` was compared.
+    pub detail: Option<String>,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+}
+
+/// The `DPoP` challenge a configuration offers (RFC 9449 §7.1), when a provider has DPoP on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopOffer {
+    /// `algs`: the proof algorithms accepted, space-separated.
+    pub algs: String,
+    /// Bearer tokens are accepted too (a provider without `dpop.mode: required`).
+    pub bearer: bool,
+}
+
+impl DpopOffer {
+    /// The offer of providers' DPoP settings (`None` per provider: DPoP off).
+    pub fn of<'a>(
+        dpop: impl Iterator<Item = Option<&'a crate::dpop::Config>>,
+    ) -> Option<DpopOffer> {
+        let mut algs: Vec<Algorithm> = Vec::new();
+        let mut bearer = false;
+        let mut any = false;
+        for d in dpop {
+            match d {
+                None => bearer = true,
+                Some(d) => {
+                    any = true;
+                    bearer |= d.mode != crate::dpop::Mode::Required;
+                    for a in &d.algorithms {
+                        if !algs.contains(a) {
+                            algs.push(*a);
+                        }
+                    }
+                }
+            }
+        }
+        any.then(|| DpopOffer {
+            algs: algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "),
+            bearer,
+        })
+    }
 }
 
 impl LocalReply {
@@ -324,22 +406,51 @@ impl LocalReply {
     /// with [`Challenge::Scope`] (ignored otherwise). Without the [`Quota::Policy`] headers,
     /// which need the policy's verdict ([`Answers::rate_limited`]).
     pub fn new(reason: Reason, realm: &str, scope: Option<&str>) -> LocalReply {
+        LocalReply::answer(reason, realm, scope, None, false)
+    }
+
+    /// As [`LocalReply::new`], for a configuration that offers DPoP (`offer`): a 401 or 403
+    /// carries a `DPoP` challenge beside the Bearer one (only the `DPoP` one when no provider
+    /// takes bearer tokens), and the error goes to the challenge of the scheme it concerns —
+    /// `DPoP` for a [`Challenge::Dpop`] row, or when the credential came with the DPoP scheme
+    /// (`via_dpop`).
+    pub fn answer(
+        reason: Reason,
+        realm: &str,
+        scope: Option<&str>,
+        offer: Option<&DpopOffer>,
+        via_dpop: bool,
+    ) -> LocalReply {
         let row = reason.row();
         let scope = scope.filter(|_| row.challenge == Challenge::Scope);
-        let mut headers = Vec::with_capacity(4);
-        let challenge = match row.challenge {
-            Challenge::Absent => None,
-            Challenge::Realm => Some(format!("Bearer realm=\"{realm}\"")),
-            Challenge::Error | Challenge::Scope => Some(format!(
-                "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"",
-                row.error, row.description
-            )),
-        };
-        if let Some(mut challenge) = challenge {
-            if let Some(scope) = scope {
-                challenge.push_str(&format!(", scope=\"{scope}\""));
+        let mut headers = Vec::with_capacity(5);
+        if row.challenge != Challenge::Absent {
+            let dpop_row = row.challenge == Challenge::Dpop;
+            let dpop_line = offer.is_some() || dpop_row;
+            let bearer_line = offer.map_or(!dpop_row, |o| o.bearer);
+            let error_in_dpop = dpop_line && (dpop_row || via_dpop || !bearer_line);
+            let mut error = String::new();
+            if row.challenge != Challenge::Realm {
+                error = format!(
+                    ", error=\"{}\", error_description=\"{}\"",
+                    row.error, row.description
+                );
+                if let Some(scope) = scope {
+                    error.push_str(&format!(", scope=\"{scope}\""));
+                }
             }
-            headers.push(("www-authenticate", challenge));
+            if bearer_line {
+                let e = if error_in_dpop { "" } else { error.as_str() };
+                headers.push(("www-authenticate", format!("Bearer realm=\"{realm}\"{e}")));
+            }
+            if dpop_line {
+                let algs = offer.map_or(String::new(), |o| format!(", algs=\"{}\"", o.algs));
+                let e = if error_in_dpop { error.as_str() } else { "" };
+                headers.push((
+                    "www-authenticate",
+                    format!("DPoP realm=\"{realm}\"{algs}{e}"),
+                ));
+            }
         }
         headers.push(("content-type", "application/json".to_string()));
         headers.push(("cache-control", "no-store".to_string()));
@@ -357,6 +468,7 @@ impl LocalReply {
             reason,
             route: None,
             caller: None,
+            detail: None,
             status: row.status,
             headers,
             body: serde_json::Value::Object(body).to_string(),
@@ -364,32 +476,54 @@ impl LocalReply {
     }
 }
 
-/// Every reason's answer, built once per configuration with its realm: a denial copies one
-/// instead of formatting it.
+/// Every reason's answer, built once per configuration with its realm (and its DPoP offer): a
+/// denial copies one instead of formatting it.
 #[derive(Debug, Clone)]
 pub struct Answers {
     realm: String,
-    /// In [`Reason::ALL`] order.
+    offer: Option<DpopOffer>,
+    /// In [`Reason::ALL`] order: for a credential presented as Bearer (or none) …
     prebuilt: Vec<LocalReply>,
+    /// … and with the DPoP scheme (empty when no provider has DPoP on).
+    prebuilt_dpop: Vec<LocalReply>,
 }
 
 impl Answers {
-    pub fn new(realm: &str) -> Answers {
+    pub fn new(realm: &str, offer: Option<DpopOffer>) -> Answers {
+        let build = |via_dpop: bool| -> Vec<LocalReply> {
+            Reason::ALL
+                .iter()
+                .map(|r| LocalReply::answer(*r, realm, None, offer.as_ref(), via_dpop))
+                .collect()
+        };
         Answers {
             realm: realm.to_string(),
-            prebuilt: Reason::ALL
-                .iter()
-                .map(|r| LocalReply::new(*r, realm, None))
-                .collect(),
+            prebuilt: build(false),
+            prebuilt_dpop: if offer.is_some() {
+                build(true)
+            } else {
+                Vec::new()
+            },
+            offer,
         }
     }
 
     /// The answer for `reason` (for [`Challenge::Scope`] and [`Quota::Policy`] rows, without
     /// what only the request knows: see [`Answers::denied`] and [`Answers::rate_limited`]).
     pub fn refuse(&self, reason: Reason) -> LocalReply {
-        match self.prebuilt.get(reason.index()) {
+        self.refuse_via(reason, false)
+    }
+
+    /// As [`Answers::refuse`], for a credential presented with the DPoP scheme when `via_dpop`.
+    pub fn refuse_via(&self, reason: Reason, via_dpop: bool) -> LocalReply {
+        let set = if via_dpop && self.offer.is_some() {
+            &self.prebuilt_dpop
+        } else {
+            &self.prebuilt
+        };
+        match set.get(reason.index()) {
             Some(reply) => reply.clone(),
-            None => LocalReply::new(reason, &self.realm, None),
+            None => LocalReply::answer(reason, &self.realm, None, self.offer.as_ref(), via_dpop),
         }
     }
 
@@ -397,7 +531,13 @@ impl Answers {
     pub fn denied(&self, denial: &Denial) -> LocalReply {
         let reason = Reason::from(denial);
         if let Denial::InsufficientScope(scope) = denial {
-            return LocalReply::new(reason, &self.realm, Some(scope));
+            return LocalReply::answer(
+                reason,
+                &self.realm,
+                Some(scope),
+                self.offer.as_ref(),
+                false,
+            );
         }
         self.refuse(reason)
     }
@@ -547,7 +687,7 @@ mod tests {
 
     #[test]
     fn every_reason_has_one_row_at_its_index() {
-        assert_eq!(Reason::COUNT, 31);
+        assert_eq!(Reason::COUNT, 40);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
             assert_eq!(Reason::ALL.iter().filter(|o| *o == r).count(), 1, "{r:?}");
@@ -556,7 +696,7 @@ mod tests {
 
     #[test]
     fn prebuilt_answers_carry_the_realm_and_constant_headers() {
-        let answers = Answers::new("shop");
+        let answers = Answers::new("shop", None);
         let r = answers.refuse(Reason::InvalidToken(TokenError::UnknownKey));
         assert_eq!(r.status, 401);
         assert_eq!(
@@ -578,7 +718,7 @@ mod tests {
 
     #[test]
     fn route_requirement_refusals_map_to_their_reasons() {
-        let answers = Answers::new("api");
+        let answers = Answers::new("api", None);
         for (denial, reason) in [
             (Denial::TokenRequired, Reason::MissingToken),
             (
@@ -623,7 +763,7 @@ mod tests {
             retry_after_ns: 5_500_000_000,
             reset_ns: 60_000_000_000,
         };
-        let answers = Answers::new("api");
+        let answers = Answers::new("api", None);
         let r = answers.rate_limited(RateLimited::FailedAuth, &limit, &verdict);
         assert_eq!(
             (r.status, r.reason.code()),
@@ -679,7 +819,13 @@ mod tests {
             };
             seen.insert(reason.code());
             let row = reason.row();
-            let reply = LocalReply::new(reason, "R", Some("<needed scopes>"));
+            // DPoP rows as a `dpop.mode: required` configuration answers them (one challenge).
+            let offer = DpopOffer {
+                algs: "…".into(),
+                bearer: false,
+            };
+            let offer = (row.challenge == Challenge::Dpop).then_some(&offer);
+            let reply = LocalReply::answer(reason, "R", Some("<needed scopes>"), offer, false);
             assert!(status.starts_with(&row.status.to_string()), "{line}");
             let sent = reply
                 .headers
@@ -688,8 +834,8 @@ mod tests {
                 .map(|(_, v)| v.as_str());
             match row.challenge {
                 Challenge::Absent => assert!(challenge.starts_with("none"), "{line}"),
-                Challenge::Realm | Challenge::Error | Challenge::Scope => {
-                    if challenge.starts_with("`Bearer") {
+                Challenge::Realm | Challenge::Error | Challenge::Scope | Challenge::Dpop => {
+                    if challenge.starts_with("`Bearer") || challenge.starts_with("`DPoP") {
                         assert_eq!(sent, ticks(challenge).first().map(String::as_str), "{line}");
                     } else {
                         assert!(challenge.starts_with('…'), "{line}");

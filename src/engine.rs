@@ -11,6 +11,7 @@
 //! goes on.
 
 mod authn;
+mod dpop;
 mod inputs;
 mod plan;
 
@@ -18,7 +19,9 @@ pub use inputs::{Events, Inputs};
 pub use plan::Plan;
 
 use crate::config::Config;
-use crate::decision::{limit_headers, Answers, Caller, Decision, Forward, LocalReply, Reason};
+use crate::decision::{
+    limit_headers, Answers, Caller, Decision, DpopOffer, Forward, LocalReply, Reason,
+};
 use crate::jwt::extract::RequestError;
 use crate::policy::path::normalized;
 use crate::policy::{Route, TokenUse};
@@ -37,6 +40,8 @@ pub struct Engine {
     slots: Slots,
     /// Every refusal's answer, built with the configured realm.
     answers: Answers,
+    /// Per provider: its DPoP replay cache (`None`: DPoP off).
+    replay: Vec<Option<crate::dpop::replay::ReplayCache>>,
 }
 
 impl Engine {
@@ -45,13 +50,18 @@ impl Engine {
     pub fn new(config: Config, plugin: &str, secret: SlotSecret) -> Engine {
         Engine {
             slots: Slots::new(plugin, secret, config.rate_limits.as_ref()),
-            answers: Answers::new(&config.realm),
+            answers: Answers::new(
+                &config.realm,
+                DpopOffer::of(config.dpop.iter().map(Option::as_ref)),
+            ),
+            replay: dpop::replay_caches(plugin, &config),
             config,
             plugin: plugin.to_string(),
         }
     }
 
-    /// The shared-data name of every rate-limit slot, for the host to create once.
+    /// The shared-data name of every rate-limit slot and DPoP replay shard, for the host to
+    /// create once.
     pub fn slot_names(&self) -> Vec<String> {
         let routed = self
             .config
@@ -59,7 +69,12 @@ impl Engine {
             .routes
             .iter()
             .flat_map(|r| &r.rate_limits);
-        (self.config.rate_limits.as_ref()).map_or_else(Vec::new, |rl| self.slots.names(rl, routed))
+        let mut names = (self.config.rate_limits.as_ref())
+            .map_or_else(Vec::new, |rl| self.slots.names(rl, routed));
+        for cache in self.replay.iter().flatten() {
+            names.extend(cache.slot_names());
+        }
+        names
     }
 
     /// Decides one request, reading only: the plan to [`Engine::settle`].
@@ -99,6 +114,12 @@ impl Engine {
                 return overrule(decision, reply, route_name(), mode, None);
             }
         }
+        if let Some(owed) = &debts.dpop {
+            let refused = dpop::settle(self, owed, inputs, events);
+            if let (Some(reply), Decision::Allow(_)) = (refused, &decision) {
+                return overrule(decision, reply, route_name(), mode, debts.caller.as_deref());
+            }
+        }
         let (Some(charges), Some(rl)) = (debts.charges, &self.config.rate_limits) else {
             return decision;
         };
@@ -113,7 +134,8 @@ impl Engine {
             }
             (Ok(Some((policy, verdict))), Decision::Allow(fwd)) if rl.response_headers => {
                 if let Some(limit) = rl.limits.get(policy) {
-                    fwd.response_headers = limit_headers(limit, &verdict, false);
+                    fwd.response_headers
+                        .extend(limit_headers(limit, &verdict, false));
                 }
                 decision
             }
@@ -134,7 +156,15 @@ impl Engine {
         let principal = match route.token {
             TokenUse::None => None,
             TokenUse::Required | TokenUse::Optional => {
-                match authn::authenticate(self, req, inputs, fwd, &mut debts.authn, events)? {
+                match authn::authenticate(
+                    self,
+                    req,
+                    inputs,
+                    fwd,
+                    &mut debts.authn,
+                    &mut debts.dpop,
+                    events,
+                )? {
                     Some(principal) => Some(principal),
                     None if route.token == TokenUse::Required => {
                         return Err(self.answers.refuse(Reason::MissingToken))

@@ -20,7 +20,7 @@
 //! | [`ratelimit`] | GCRA buckets in bounded slots, the failed-auth budget, a request's charges (`apply`) |
 //! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
 //! | [`engine`] | the pipeline: `decide` (reads only) → a plan, `settle` (pays it once); authentication in `engine::authn` |
-//! | [`dpop`] | DPoP (RFC 9449) building blocks, not yet wired: proofs, thumbprints, `htu`, replay cache, nonces |
+//! | [`dpop`] | DPoP (RFC 9449) building blocks: proofs, thumbprints, `htu`, replay cache, nonces (used by `engine::dpop`) |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
 //! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |
 

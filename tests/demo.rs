@@ -284,6 +284,54 @@ fn demo() {
         &r,
     );
 
+    // RFC 9449: a token bound to a client key (DPoP), presented with a proof signed by that
+    // key for this request (`htu` under the public origin the shipped config names).
+    let app_key = ProofKey::es256();
+    let dpop_token = issuer.token(
+        "mobile-app",
+        json!({"plan": "paid", "cnf": {"jkt": app_key.jkt()}}),
+    );
+    let dpop_token = dpop_token.trim_start_matches("Bearer ");
+    let htu = "https://api.saas.local/projects";
+    let with_proof = |scheme: &str, proof: &str| {
+        let auth = format!("{scheme} {dpop_token}");
+        as_frontend.request(
+            "GET",
+            "/projects",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("dpop", proof.as_bytes()),
+            ],
+        )
+    };
+    let proof = app_key.proof("GET", htu, Some(dpop_token), json!({}));
+    t.expect(
+        "DPoP-bound token with its proof",
+        "200",
+        &with_proof("DPoP", &proof),
+    );
+    t.expect(
+        "  the same proof replayed",
+        "401 DPoP proof replayed",
+        &with_proof("DPoP", &proof),
+    );
+    let thief = ProofKey::es256();
+    let stolen = thief.proof("GET", htu, Some(dpop_token), json!({}));
+    t.expect(
+        "  stolen token, thief's own proof",
+        "401 DPoP key mismatch",
+        &with_proof("DPoP", &stolen),
+    );
+    let r = as_frontend.get(
+        "/projects",
+        &[("authorization", &format!("Bearer {dpop_token}"))],
+    );
+    t.expect(
+        "  stolen token sent as Bearer",
+        "401 DPoP-bound token sent as bearer",
+        &r,
+    );
+
     // A flood of forged tokens (the issuer's header and signature on other claims): the
     // failed-auth budget answers 429 before any signature work once it is spent.
     let genuine = issuer.token("mallory", json!({}));

@@ -248,6 +248,18 @@ fn provider(
         .filter_map(|&k| token_sources.get(k))
         .collect();
     let dpop = super::dpop::dpop(&at, dpop, &carried)?;
+    let mut sources = sources;
+    if dpop.is_some() {
+        // RFC 9449 §7.1: a DPoP-bound token comes as `Authorization: DPoP <token>`.
+        let scheme = TokenSource::Header {
+            name: "authorization".into(),
+            prefix: DPOP_SCHEME.into(),
+        };
+        let k = intern(token_sources, scheme);
+        if !sources.contains(&k) {
+            sources.push(k);
+        }
+    }
 
     let mut claim_headers = Vec::new();
     for (j, c) in output_claim_to_headers.into_iter().enumerate() {
@@ -459,6 +471,10 @@ fn sources(
     }
     Ok(sources)
 }
+
+/// The `Authorization` scheme of DPoP-bound tokens (RFC 9449 §7.1), a token source of every
+/// provider with DPoP on.
+pub const DPOP_SCHEME: &str = "DPoP ";
 
 fn intern(list: &mut Vec<TokenSource>, src: TokenSource) -> usize {
     if let Some(i) = list.iter().position(|s| *s == src) {

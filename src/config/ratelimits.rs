@@ -198,12 +198,15 @@ pub(super) fn rate_limits(
                     "spiffeId" => IdentitySource::SpiffeId,
                     "certificateSha256" => IdentitySource::CertificateSha256,
                     "sourceIp" => IdentitySource::SourceIp,
+                    // The DPoP key thumbprint: a `cnf.jkt`-bound token passes only with a proof
+                    // signed by that key (RFC 9449), so the claim names the proven key.
+                    "jkt" => IdentitySource::Claim(vec!["cnf".into(), "jkt".into()]),
                     other => match other.strip_prefix("claim:") {
                         Some(c) => IdentitySource::Claim(claim_path(&path, c)?),
                         None => {
                             return Err(ConfigError::new(
                                 path,
-                                format!("unknown identity \"{other}\", expected clientId, sub, claim:<path>, spiffeId, certificateSha256 or sourceIp"),
+                                format!("unknown identity \"{other}\", expected clientId, sub, jkt, claim:<path>, spiffeId, certificateSha256 or sourceIp"),
                             ))
                         }
                     },

@@ -1,7 +1,7 @@
-//! DPoP (RFC 9449): sender-constrained access tokens, checked at the sidecar. **Building blocks,
-//! not yet wired** into the engine or the host (the configuration parses a provider's `dpop`
-//! object into [`Config`], and nothing reads it yet): this module is plain Rust with `now`
-//! passed in, like the rest of the core.
+//! DPoP (RFC 9449): sender-constrained access tokens, checked at the sidecar. The building
+//! blocks, plain Rust with `now` passed in like the rest of the core; the pipeline uses them in
+//! `engine::dpop` (after the token is verified: scheme and binding, proof, `cnf.jkt`, nonce; the
+//! `jti` recorded in the replay cache when the plan is settled).
 //!
 //! | file | what it holds |
 //! |---|---|

@@ -65,24 +65,31 @@ struct Failure {
 }
 
 /// Verifies the request's token, if any, and adds the identity headers. `Ok(None)`: no
-/// credentials. What the request owes the budget and memories goes to `owed`.
+/// credentials. What the request owes the budget and memories goes to `owed`, what it owes
+/// the DPoP replay cache to `dpop`.
 pub fn authenticate(
     engine: &Engine,
     req: &RequestView<'_>,
     inputs: &Inputs<'_>,
     fwd: &mut Forward,
     owed: &mut Option<Owed>,
+    dpop: &mut Option<super::dpop::Owed>,
     events: &mut Events,
 ) -> Result<Option<Rc<Principal>>, LocalReply> {
     let cfg = &engine.config;
     let Some(credential) = extract(req, &cfg.token_sources)
         .map_err(|e| engine.answers.refuse(Reason::InvalidRequest(e)))?
     else {
-        return Ok(None);
+        return match super::dpop::proof_without_token(engine, req) {
+            Some(reply) => Err(reply),
+            None => Ok(None),
+        };
     };
     let token = credential.token.as_str();
     let sources = credential.sources.as_slice();
-    let invalid = |e| engine.answers.refuse(Reason::InvalidToken(e));
+    // Presented as `Authorization: DPoP …` (RFC 9449 §7.1).
+    let via_dpop = cfg.dpop_source.is_some_and(|s| sources.contains(&s));
+    let invalid = |e| engine.answers.refuse_via(Reason::InvalidToken(e), via_dpop);
     // A cheap bound before any decoding; each provider applies its own after.
     if token.len() > cfg.max_token_bytes {
         return Err(invalid(TokenError::TooLarge));
@@ -113,10 +120,21 @@ pub fn authenticate(
         .providers
         .get(provider)
         .is_some_and(|p| p.require_certificate_binding);
-    check_binding(&principal.claims, required, || {
+    let dpop_on = cfg.dpop(provider).is_some();
+    check_binding(&principal.claims, required, dpop_on, || {
         req.peer.certificate_sha256()
     })
     .map_err(invalid)?;
+    *dpop = super::dpop::check(
+        engine,
+        req,
+        inputs,
+        provider,
+        token,
+        &principal.claims,
+        via_dpop,
+        fwd,
+    )?;
     if let Some(owed) = owed {
         owed.consumed_from = fwd.remove_headers.len();
     }

@@ -28,6 +28,8 @@ pub struct Plan {
 pub(super) struct Debts {
     /// The failed-auth budget's and the token memories'.
     pub(super) authn: Option<Owed>,
+    /// The DPoP replay cache's (a valid proof's `jti`).
+    pub(super) dpop: Option<super::dpop::Owed>,
     /// The rate limits' (present once the request reached them).
     pub(super) charges: Option<Charges>,
     /// The authenticated caller, for the log line of a refusal settling makes.

@@ -337,9 +337,10 @@ fn refuse_unjudged(why: &str) -> u32 {
     STOP
 }
 
-/// One JSON line per denial or dry-run would-deny: reason, status, route, request id and
-/// identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never the
-/// token or other claims.
+/// One JSON line per denial or dry-run would-deny: reason, status, route, what exactly failed
+/// when the core says (`detail`, e.g. the `htu` values a DPoP proof was compared with), request
+/// id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never
+/// the token or other claims.
 fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
     let caller = reply.caller.clone().unwrap_or_default();
     serde_json::json!({
@@ -347,6 +348,7 @@ fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
         "status": reply.status,
         "reason": reply.reason.code(),
         "route": reply.route,
+        "detail": reply.detail,
         "request_id": property_text(&["request", "id"]),
         "source_address": peer.source_address(),
         "spiffe_id": peer.spiffe().map(|id| id.uri),

@@ -106,6 +106,15 @@ pub enum TokenError {
     BindingMismatch,
     /// The provider requires certificate-bound tokens and this one has no `cnf."x5t#S256"`.
     BindingRequired,
-    /// `cnf` binds the token in a way meshguard cannot check (DPoP `jkt`, `jwk`, …).
+    /// `cnf` binds the token in a way meshguard cannot check here (`jwk`, …, or DPoP `jkt` for
+    /// a provider without DPoP).
     UnsupportedBinding,
+    /// RFC 9449 §7.1: a DPoP-bound token (`cnf.jkt`) presented with the Bearer scheme.
+    DpopBoundAsBearer,
+    /// A token without `cnf.jkt` presented with the DPoP scheme.
+    NotDpopBound,
+    /// The proof's key is not the one the token is bound to (`cnf.jkt`).
+    DpopKeyMismatch,
+    /// The provider accepts only DPoP-bound tokens (`dpop.mode: required`).
+    DpopRequired,
 }

@@ -136,17 +136,23 @@ mod tests;
 
 /// RFC 8705 §3: a token carrying `cnf."x5t#S256"` is bound to the client certificate whose
 /// SHA-256 (base64url, no padding) it names. `peer_sha256_hex` gives Envoy's lower-case hex
-/// digest of the client certificate; it is asked only for a bound token.
+/// digest of the client certificate; it is asked only for a bound token. `dpop_on`: the
+/// provider takes DPoP-bound tokens, so a `cnf` holding only `jkt` is left to the DPoP check.
 pub fn check_binding<'p>(
     claims: &Claims,
     required: bool,
+    dpop_on: bool,
     peer_sha256_hex: impl FnOnce() -> Option<&'p str>,
 ) -> Result<(), TokenError> {
     use base64::Engine as _;
     let thumbprint = match claims.all.get("cnf") {
         None => None,
         Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
-            // Bound some other way (DPoP `jkt`, `jwk`, …): it must not pass as a bearer token.
+            // DPoP-bound (`jkt`), for a provider with DPoP on: judged with its proof
+            // (`engine::dpop`).
+            None if dpop_on && cnf.len() == 1 && cnf.contains_key("jkt") => None,
+            // Bound some other way (`jwk`, …, or `jkt` without DPoP): it must not pass as a
+            // bearer token.
             None if !cnf.is_empty() => return Err(TokenError::UnsupportedBinding),
             None => None,
             Some(serde_json::Value::String(t)) => Some(t.as_str()),

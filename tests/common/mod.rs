@@ -3,13 +3,14 @@
 //! controls, Envoy itself (ports picked by Envoy, readiness polled, killed on drop, its log
 //! printed when a test fails), and an HTTPS client that can present a client certificate.
 //!
-//! One file per concern (`pki`, `tokens`, `servers`, `envoy`, `client`, `shipped`), all re-exported
+//! One file per concern (`pki`, `tokens`, `dpop`, `servers`, `envoy`, `client`, `shipped`), all re-exported
 //! here, so a test reaches everything with `use common::*;`.
 #![allow(dead_code)]
 // The harness reads the real clock: deadlines and token times against a real Envoy.
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod dpop;
 mod envoy;
 mod pki;
 mod servers;
@@ -19,6 +20,8 @@ mod tokens;
 // Each test binary uses part of the harness.
 #[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
+pub use dpop::*;
 #[allow(unused_imports)]
 pub use envoy::*;
 #[allow(unused_imports)]
@@ -82,6 +85,17 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Parses one `WWW-Authenticate` challenge `<scheme> k="v", …` into its scheme and parameters.
+pub fn scheme_params(v: &str) -> (String, HashMap<String, String>) {
+    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+    let params = rest
+        .split("\", ")
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    (scheme.to_string(), params)
 }
 
 /// Parses `WWW-Authenticate: Bearer k="v", …` into its parameters.
