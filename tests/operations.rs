@@ -292,6 +292,10 @@ fn prometheus_metrics_and_json_denial_logs_after_a_known_sequence() {
             .as_str()
             .unwrap()
             .starts_with("127.0.0.1:"));
+        // No token was verified: the identity keys are absent, not `null` (README, Logs).
+        for key in ["iss", "sub", "client_id", "detail"] {
+            assert!(l.get(key).is_none(), "{key} in {l}");
+        }
     }
     for token in [&good, &expired] {
         let signature = token.rsplit('.').next().unwrap();

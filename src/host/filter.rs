@@ -343,20 +343,27 @@ fn refuse_unjudged(why: &str) -> u32 {
 /// the token or other claims.
 fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
     let caller = reply.caller.clone().unwrap_or_default();
-    serde_json::json!({
-        "meshguard": event,
-        "status": reply.status,
-        "reason": reply.reason.code(),
-        "route": reply.route,
-        "detail": reply.detail,
-        "request_id": property_text(&["request", "id"]),
-        "source_address": peer.source_address(),
-        "spiffe_id": peer.spiffe().map(|id| id.uri),
-        "iss": caller.iss,
-        "sub": caller.sub,
-        "client_id": caller.client_id,
-    })
-    .to_string()
+    let mut line = serde_json::Map::new();
+    line.insert("meshguard".into(), event.into());
+    line.insert("status".into(), reply.status.into());
+    line.insert("reason".into(), reply.reason.code().into());
+    // Absent facts are left out (not `null`): the identity keys appear only when verified.
+    let optional = [
+        ("route", reply.route.clone()),
+        ("detail", reply.detail.clone()),
+        ("request_id", property_text(&["request", "id"])),
+        ("source_address", peer.source_address().map(str::to_string)),
+        ("spiffe_id", peer.spiffe().map(|id| id.uri)),
+        ("iss", caller.iss),
+        ("sub", caller.sub),
+        ("client_id", caller.client_id),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            line.insert(name.into(), v.into());
+        }
+    }
+    serde_json::Value::Object(line).to_string()
 }
 
 fn key_miss(reason: Reason) -> bool {
