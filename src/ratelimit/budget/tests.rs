@@ -164,7 +164,7 @@ fn signature_checks_per_slot_stay_within_budget_plus_trickle() {
         for _ in 0..50 {
             n += 1;
             let fp = n % 64 + 1;
-            let admitted = admit(&store, "k", &l, fp, n % 2 == 0, now);
+            let admitted = admit(&store, "k", &l, fp, n.is_multiple_of(2), now);
             if matches!(admitted, Admission::Budget | Admission::Trickle) {
                 checks += 1;
                 assert!(record_failure(&store, "k", &l, fp, now));
