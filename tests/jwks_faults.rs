@@ -213,7 +213,7 @@ impl Traffic {
             let client = Client::plain(port);
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                let s = if i % 2 == 0 {
+                let s = if i.is_multiple_of(2) {
                     status(&client, "/forged", Some(&forged))
                 } else {
                     status(&client, "/none", None)
