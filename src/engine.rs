@@ -196,10 +196,12 @@ impl Engine {
             }
         }
         let granted = principal.as_deref().map(|p| p.scopes);
+        // A proof was judged valid: the token came with the DPoP scheme.
+        let via_dpop = debts.dpop.is_some();
         route
             .require
             .check_granted(claims, granted, req.peer)
-            .map_err(|d| with_caller(self.answers.denied(&d)))
+            .map_err(|d| with_caller(self.answers.denied(&d, via_dpop)))
     }
 }
 
