@@ -173,6 +173,10 @@ impl Engine {
                 }
             }
         };
+        if debts.dpop.is_some() {
+            // For the log line of a replay refusal, which only settling can make.
+            debts.caller = principal.clone();
+        }
         let claims = principal.as_deref().map(|p| &*p.claims);
         // The caller's identity keys are copied only when a refusal is logged.
         let with_caller = |mut r: LocalReply| {

@@ -181,6 +181,11 @@ fn a_proof_decided_twice_is_recorded_once_when_settled() {
         (401, Reason::InvalidDpopProof(DpopProof::Replayed))
     );
     assert_eq!(
+        r.caller.as_ref().and_then(|c| c.sub.as_deref()),
+        Some("alice"),
+        "the log line says whose proof was replayed"
+    );
+    assert_eq!(
         challenges(&r)[1],
         r#"DPoP realm="meshguard", algs="EdDSA", error="invalid_dpop_proof", error_description="DPoP proof replayed""#
     );
