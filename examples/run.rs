@@ -1,7 +1,7 @@
 //! `make run`: the shipped standalone example (`envoy/examples/standalone/envoy.yaml`) running in
 //! the foreground for manual `curl`: a real Envoy (2 workers) with meshguard, a dev PKI, a dev
 //! issuer serving its JWKS, and an upstream that echoes what it received. It prints ready-made
-//! commands and runs until Ctrl-C.
+//! commands (DPoP ones with a key made by `tools/dpop-proof.py`) and runs until Ctrl-C.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -54,6 +54,13 @@ fn main() {
         fs::write(tokens.join(format!("{name}.jwt")), key.sign(&c)).unwrap();
     }
 
+    // DPoP (RFC 9449): a client key made by tools/dpop-proof.py and a token bound to it.
+    let dpop_key = dir.join("dpop-key.pem");
+    let jkt = dpop_tool(&["keygen", dpop_key.to_str().unwrap()]);
+    let mut c = claims(json!({"iss": ISSUER, "aud": "demo-api", "sub": "dave", "exp": n + 3600}));
+    c["cnf"] = json!({"jkt": jkt});
+    fs::write(tokens.join("dave-dpop.jwt"), key.sign(&c)).unwrap();
+
     let alice = fs::read_to_string(tokens.join("alice.jwt")).unwrap();
     let probe = Client::new(port, &pki, None);
     eventually("JWKS fetched", Duration::from_secs(20), || {
@@ -69,7 +76,7 @@ fn main() {
     println!(
         "\nmeshguard (standalone example, {}) is running: {url} (admin http://{})\n\
          Envoy log: {}\n\nTry:\n\
-         \n  # no token: 401 with a Bearer challenge\n  {curl} -i {url}/orders\
+         \n  # no token: 401 with the Bearer and DPoP challenges\n  {curl} -i {url}/orders\
          \n  # a valid token (1 hour): 200, the upstream echoes what it received (x-user, no authorization)\n  \
          {curl} -H \"authorization: Bearer $(cat {d}/tokens/alice.jwt)\" {url}/orders\
          \n  # the same with the frontend workload's client certificate: x-peer-spiffe upstream\n  \
@@ -78,6 +85,12 @@ fn main() {
          \n  # expired token / wrong audience: 401 with error_description\n  \
          {curl} -H \"authorization: Bearer $(cat {d}/tokens/expired.jwt)\" {url}/orders\n  \
          {curl} -H \"authorization: Bearer $(cat {d}/tokens/wrong-audience.jwt)\" {url}/orders\
+         \n  # DPoP: a token bound to {d}/dpop-key.pem, a fresh proof per request (from the repository)\n  \
+         AT=$(cat {d}/tokens/dave-dpop.jwt)\n  \
+         PROOF=$(.venv/bin/python tools/dpop-proof.py proof {d}/dpop-key.pem GET {url}/orders --token \"$AT\")\n  \
+         {curl} -H \"authorization: DPoP $AT\" -H \"dpop: $PROOF\" {url}/orders\
+         \n  # the same proof again: 401 DPoP proof replayed\n  \
+         {curl} -i -H \"authorization: DPoP $AT\" -H \"dpop: $PROOF\" {url}/orders\
          \n  # metrics\n  curl -s http://{}/stats/prometheus | grep meshguard_\n\n\
          Ctrl-C stops it.",
         shipped.path.display(),

@@ -527,8 +527,10 @@ impl Answers {
         }
     }
 
-    /// The answer to a route requirement's refusal (the needed scopes included).
-    pub fn denied(&self, denial: &Denial) -> LocalReply {
+    /// The answer to a route requirement's refusal (the needed scopes included). `via_dpop`:
+    /// the token came with the DPoP scheme and its proof, so an error goes to the `DPoP`
+    /// challenge (RFC 9449 §7.2: the challenge of the scheme the client used).
+    pub fn denied(&self, denial: &Denial, via_dpop: bool) -> LocalReply {
         let reason = Reason::from(denial);
         if let Denial::InsufficientScope(scope) = denial {
             return LocalReply::answer(
@@ -536,10 +538,10 @@ impl Answers {
                 &self.realm,
                 Some(scope),
                 self.offer.as_ref(),
-                false,
+                via_dpop,
             );
         }
-        self.refuse(reason)
+        self.refuse_via(reason, via_dpop)
     }
 
     /// A 429 with the refusing policy's quota headers (for a [`Quota::Policy`] row).
@@ -734,9 +736,9 @@ mod tests {
                 Reason::Forbidden(Forbidden::PeerNotAllowed),
             ),
         ] {
-            assert_eq!(answers.denied(&denial).reason, reason);
+            assert_eq!(answers.denied(&denial, false).reason, reason);
         }
-        let r = answers.denied(&Denial::InsufficientScope("orders:read".into()));
+        let r = answers.denied(&Denial::InsufficientScope("orders:read".into()), false);
         assert_eq!(
             header(&r, "www-authenticate"),
             "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"insufficient scope\", scope=\"orders:read\""
@@ -781,6 +783,192 @@ mod tests {
             .collect();
         assert_eq!(retry, [&("retry-after", "1".to_string())]);
         assert!(r.headers.iter().all(|(n, _)| *n != "ratelimit"));
+    }
+
+    /// Every `WWW-Authenticate` line of an answer, in order.
+    fn challenges(r: &LocalReply) -> Vec<&str> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| *n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn with_bearer_allowed_both_challenges_are_sent_and_the_error_goes_to_the_scheme_used() {
+        let offer = DpopOffer {
+            algs: "ES256 RS256".into(),
+            bearer: true,
+        };
+        let answer = |reason, via_dpop| {
+            LocalReply::answer(reason, "api", Some("a:read"), Some(&offer), via_dpop)
+        };
+        let dpop = r#"DPoP realm="api", algs="ES256 RS256""#;
+        // No credentials: both schemes offered, no error (RFC 9449 §7.2, Figure 17).
+        assert_eq!(
+            challenges(&answer(Reason::MissingToken, false)),
+            [r#"Bearer realm="api""#, dpop]
+        );
+        // A token error with the Bearer scheme: in the Bearer challenge (Figure 18) …
+        let expired = Reason::InvalidToken(TokenError::Expired);
+        let error = r#", error="invalid_token", error_description="token expired""#;
+        assert_eq!(
+            challenges(&answer(expired, false)),
+            [format!(r#"Bearer realm="api"{error}"#).as_str(), dpop]
+        );
+        // … with the DPoP scheme: in the DPoP challenge.
+        assert_eq!(
+            challenges(&answer(expired, true)),
+            [r#"Bearer realm="api""#, format!("{dpop}{error}").as_str()]
+        );
+        // A DPoP-bound token sent as Bearer: the Bearer challenge says why.
+        assert_eq!(
+            challenges(&answer(
+                Reason::InvalidToken(TokenError::DpopBoundAsBearer),
+                false
+            )),
+            [
+                r#"Bearer realm="api", error="invalid_token", error_description="DPoP-bound token sent as bearer""#,
+                dpop
+            ]
+        );
+        // DPoP rows put their error in the DPoP challenge whatever the scheme.
+        for (reason, error) in [
+            (
+                Reason::InvalidDpopProof(DpopProof::WithoutToken),
+                r#", error="invalid_dpop_proof", error_description="DPoP proof without access token""#,
+            ),
+            (
+                Reason::InvalidToken(TokenError::NotDpopBound),
+                r#", error="invalid_token", error_description="token not DPoP-bound""#,
+            ),
+            (
+                Reason::UseDpopNonce,
+                r#", error="use_dpop_nonce", error_description="DPoP nonce required""#,
+            ),
+        ] {
+            for via_dpop in [false, true] {
+                assert_eq!(
+                    challenges(&answer(reason, via_dpop)),
+                    [r#"Bearer realm="api""#, format!("{dpop}{error}").as_str()],
+                    "{reason:?} via_dpop={via_dpop}"
+                );
+            }
+        }
+        // Scopes a DPoP-bound token lacks: in the DPoP challenge, with `scope`.
+        let scope = Reason::Forbidden(Forbidden::InsufficientScope);
+        assert_eq!(
+            challenges(&answer(scope, true)),
+            [
+                r#"Bearer realm="api""#,
+                format!(r#"{dpop}, error="insufficient_scope", error_description="insufficient scope", scope="a:read""#).as_str()
+            ]
+        );
+        // No challenge at all where no token could help.
+        assert!(challenges(&answer(Reason::DpopUnavailable, true)).is_empty());
+        assert!(challenges(&answer(Reason::Forbidden(Forbidden::NoRoute), true)).is_empty());
+    }
+
+    #[test]
+    fn with_dpop_required_everywhere_only_the_dpop_challenge_is_sent() {
+        let offer = DpopOffer {
+            algs: "ES256".into(),
+            bearer: false,
+        };
+        let answer =
+            |reason, via_dpop| LocalReply::answer(reason, "api", None, Some(&offer), via_dpop);
+        assert_eq!(
+            challenges(&answer(Reason::MissingToken, false)),
+            [r#"DPoP realm="api", algs="ES256""#]
+        );
+        // A bearer token's error has no Bearer challenge to go to.
+        for via_dpop in [false, true] {
+            assert_eq!(
+                challenges(&answer(
+                    Reason::InvalidToken(TokenError::DpopRequired),
+                    via_dpop
+                )),
+                [
+                    r#"DPoP realm="api", algs="ES256", error="invalid_token", error_description="DPoP-bound token required""#
+                ]
+            );
+            assert_eq!(
+                challenges(&answer(Reason::InvalidToken(TokenError::Expired), via_dpop)),
+                [
+                    r#"DPoP realm="api", algs="ES256", error="invalid_token", error_description="token expired""#
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn the_offer_lists_every_proof_algorithm_once_and_takes_bearer_unless_all_require_dpop() {
+        use crate::dpop::{Config as Dpop, Mode};
+        let dpop = |mode, algorithms: &[Algorithm]| Dpop {
+            mode,
+            algorithms: algorithms.to_vec(),
+            ..Dpop::default()
+        };
+        let required = dpop(Mode::Required, &[Algorithm::ES256, Algorithm::RS256]);
+        let allowed = dpop(Mode::Allowed, &[Algorithm::EdDSA, Algorithm::ES256]);
+        let offer = |list: &[Option<&Dpop>]| DpopOffer::of(list.iter().copied());
+        assert_eq!(offer(&[None, None]), None, "no provider has DPoP on");
+        assert_eq!(
+            offer(&[Some(&required)]),
+            Some(DpopOffer {
+                algs: "ES256 RS256".into(),
+                bearer: false
+            })
+        );
+        assert_eq!(
+            offer(&[Some(&required), Some(&allowed)]),
+            Some(DpopOffer {
+                algs: "ES256 RS256 EdDSA".into(),
+                bearer: true
+            }),
+            "an allowed provider takes bearer tokens"
+        );
+        assert_eq!(
+            offer(&[Some(&required), None]),
+            Some(DpopOffer {
+                algs: "ES256 RS256".into(),
+                bearer: true
+            }),
+            "a provider without dpop takes bearer tokens"
+        );
+    }
+
+    #[test]
+    fn prebuilt_answers_follow_the_scheme_used() {
+        let offer = DpopOffer {
+            algs: "ES256".into(),
+            bearer: true,
+        };
+        let answers = Answers::new("api", Some(offer.clone()));
+        for reason in Reason::ALL {
+            for via_dpop in [false, true] {
+                assert_eq!(
+                    answers.refuse_via(reason, via_dpop),
+                    LocalReply::answer(reason, "api", None, Some(&offer), via_dpop),
+                    "{reason:?}"
+                );
+            }
+        }
+        let scope = Denial::InsufficientScope("a:read".into());
+        assert_eq!(
+            challenges(&answers.denied(&scope, true))[1],
+            r#"DPoP realm="api", algs="ES256", error="insufficient_scope", error_description="insufficient scope", scope="a:read""#
+        );
+        assert_eq!(
+            challenges(&answers.denied(&Denial::InsufficientPermissions, true))[0],
+            r#"Bearer realm="api""#
+        );
+        // Without an offer, the DPoP scheme changes nothing: one Bearer challenge.
+        let plain = Answers::new("api", None);
+        assert_eq!(
+            challenges(&plain.refuse_via(Reason::InvalidToken(TokenError::Expired), true)),
+            [r#"Bearer realm="api", error="invalid_token", error_description="token expired""#]
+        );
     }
 
     /// The README's decision table, row by row, against the table here: every reason has a row

@@ -173,6 +173,10 @@ impl Engine {
                 }
             }
         };
+        if debts.dpop.is_some() {
+            // For the log line of a replay refusal, which only settling can make.
+            debts.caller = principal.clone();
+        }
         let claims = principal.as_deref().map(|p| &*p.claims);
         // The caller's identity keys are copied only when a refusal is logged.
         let with_caller = |mut r: LocalReply| {
@@ -196,10 +200,12 @@ impl Engine {
             }
         }
         let granted = principal.as_deref().map(|p| p.scopes);
+        // A proof was judged valid: the token came with the DPoP scheme.
+        let via_dpop = debts.dpop.is_some();
         route
             .require
             .check_granted(claims, granted, req.peer)
-            .map_err(|d| with_caller(self.answers.denied(&d)))
+            .map_err(|d| with_caller(self.answers.denied(&d, via_dpop)))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The shipped standalone example (`envoy/examples/standalone/envoy.yaml`) as it is, in a real
 //! Envoy with 2 workers, a test PKI, a JWKS server and an echo upstream: the authentication
-//! walk-through (what each kind of bad token gets, identity headers upstream, one JWKS fetch),
-//! checked step by step as a table; any FAIL fails the test.
+//! walk-through (what each kind of bad token gets, identity headers upstream, one JWKS fetch,
+//! a DPoP-bound token with proofs made by `tools/dpop-proof.py`), checked step by step as a
+//! table; any FAIL fails the test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -157,6 +158,58 @@ fn the_standalone_example_authenticates_as_documented() {
 
     let r = no_cert.get("/orders", &[("authorization", &bearer(&good))]);
     t.expect("good token again (workers healthy)", "200", &r);
+
+    // RFC 9449, as in the README's worked example: the client's key and proofs come from
+    // tools/dpop-proof.py, the token names the key's thumbprint in `cnf.jkt`.
+    let key = pki.dir.parent().unwrap().join("dpop-key.pem");
+    let key = key.to_str().unwrap();
+    let jkt = dpop_tool(&["keygen", key]);
+    let again = dpop_tool(&["jkt", key]);
+    t.check(
+        "dpop-proof.py: jkt of the key = keygen's",
+        &jkt,
+        again.clone(),
+        again == jkt && jkt.len() == 43,
+    );
+    let bound = rsa.sign(&example_claims(json!({"sub": "dave", "cnf": {"jkt": jkt}})));
+    // The URL this client uses (it sends `host: localhost`), with a query the proof leaves out.
+    let proof = dpop_tool(&[
+        "proof",
+        key,
+        "GET",
+        "https://localhost/orders?page=2",
+        "--token",
+        &bound,
+    ]);
+    let dpop_auth = format!("DPoP {bound}");
+    let with_proof = [
+        ("authorization", dpop_auth.as_str()),
+        ("dpop", proof.as_str()),
+    ];
+    let r = no_cert.get("/orders?page=2", &with_proof);
+    t.expect("DPoP-bound token + proof from dpop-proof.py", "200", &r);
+    t.upstream("  upstream x-user", &r, "x-user", Some("dave"));
+    t.upstream("  upstream dpop", &r, "dpop", None);
+    let r = no_cert.get("/orders?page=2", &with_proof);
+    t.expect("the same proof again", "401 DPoP proof replayed", &r);
+    let dpop_challenge = r
+        .headers
+        .iter()
+        .find(|(n, v)| n == "www-authenticate" && v.starts_with("DPoP "))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    t.check(
+        "  its DPoP challenge",
+        "error=invalid_dpop_proof",
+        dpop_challenge.clone(),
+        dpop_challenge.contains("algs=\"ES256 RS256\", error=\"invalid_dpop_proof\""),
+    );
+    let r = no_cert.get("/orders", &[("authorization", &bearer(&bound))]);
+    t.expect(
+        "the DPoP-bound token as Bearer",
+        "401 DPoP-bound token sent as bearer",
+        &r,
+    );
 
     let fetches = idp.fetches();
     t.check(

@@ -53,7 +53,12 @@ pub fn check(
         return match (jkt, cfg.mode) {
             (Some(_), _) => Err(refuse(Reason::InvalidToken(TokenError::DpopBoundAsBearer))),
             (None, Mode::Required) => Err(refuse(Reason::InvalidToken(TokenError::DpopRequired))),
-            (None, Mode::Allowed | Mode::Off) => Ok(None),
+            // A bearer token where bearer tokens are allowed: a `DPoP` header beside it was
+            // not judged, so it does not go upstream either (unless `forwardProof`).
+            (None, Mode::Allowed | Mode::Off) => {
+                drop_proof(cfg, fwd);
+                Ok(None)
+            }
         };
     }
     let Some(jkt) = jkt else {
@@ -109,14 +114,19 @@ pub fn check(
             nonce::issue(secret, cfg.nonce_step_seconds, now_s),
         ));
     }
-    if !cfg.forward_proof && !fwd.remove_headers.iter().any(|h| h == DPOP_HEADER) {
-        fwd.remove_headers.push(DPOP_HEADER.to_string());
-    }
+    drop_proof(cfg, fwd);
     Ok(Some(Owed {
         provider,
         hash: replay::proof_hash(secret, &proof.jkt, &proof.jti),
         until: proof.replay_until(cfg),
     }))
+}
+
+/// The `DPoP` header is removed from what goes upstream, unless `forwardProof`.
+fn drop_proof(cfg: &crate::dpop::Config, fwd: &mut Forward) {
+    if !cfg.forward_proof && !fwd.remove_headers.iter().any(|h| h == DPOP_HEADER) {
+        fwd.remove_headers.push(DPOP_HEADER.to_string());
+    }
 }
 
 /// A `DPoP` header on a request without an access token, when a provider takes DPoP: refused

@@ -1269,3 +1269,5 @@ fn a_cached_token_is_judged_by_its_scope_bits_as_a_fresh_one_by_its_claims() {
         assert_eq!(fwd.principal.unwrap().scopes, 0b101);
     }
 }
+
+mod dpop;

@@ -101,6 +101,23 @@ impl ProofKey {
     }
 }
 
+/// Runs `tools/dpop-proof.py` (the README's DPoP client, Python `cryptography`) with the project
+/// venv's Python; its output, trimmed.
+pub fn dpop_tool(args: &[&str]) -> String {
+    let python = repo().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(repo().join("tools/dpop-proof.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", python.display()));
+    assert!(
+        out.status.success(),
+        "tools/dpop-proof.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// `ath`: base64url(SHA-256(access token)).
 pub fn ath(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
