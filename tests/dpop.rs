@@ -78,6 +78,13 @@ fn challenge(r: &Response, scheme: &str) -> Option<std::collections::HashMap<Str
         .map(|(_, params)| params)
 }
 
+/// The proof with its signature's first character changed (still base64url).
+fn bad_signature(proof: &str) -> String {
+    let (input, sig) = proof.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    format!("{input}.{flipped}{}", &sig[1..])
+}
+
 fn dpop_error(r: &Response) -> Option<String> {
     challenge(r, "DPoP").and_then(|p| p.get("error").cloned())
 }
@@ -163,10 +170,8 @@ fn a_valid_proof_passes_and_each_rule_is_enforced() {
             }),
         ),
         (
-            "another key's jwk (bad signature)",
-            key.proof_with("GET", &htu, Some(&token), json!({}), |h| {
-                h["jwk"] = ProofKey::es256().public_jwk()
-            }),
+            "bad signature",
+            bad_signature(&key.proof("GET", &htu, Some(&token), json!({}))),
         ),
         (
             "htm POST for GET",
@@ -245,7 +250,8 @@ fn a_valid_proof_passes_and_each_rule_is_enforced() {
     );
     assert!(!log.contains(&token), "the token never reaches the log");
 
-    // The proof's key is not the one the token is bound to.
+    // The proof's key is not the one the token is bound to: a thief's own key, or the bound
+    // key's header with a thief's key in `jwk` (refused before any signature work).
     let other = ProofKey::es256();
     let r = send(
         &auth,
@@ -259,6 +265,12 @@ fn a_valid_proof_passes_and_each_rule_is_enforced() {
         "{:?}",
         challenges(&r)
     );
+    let swapped = key.proof_with("GET", &htu, Some(&token), json!({}), |h| {
+        h["jwk"] = other.public_jwk()
+    });
+    let r = send(&auth, &[&swapped], "/orders/1");
+    assert_eq!(r.status, 401);
+    assert_eq!(dpop_error(&r).as_deref(), Some("invalid_token"));
 
     // Two DPoP headers.
     let (p1, p2) = (

@@ -44,6 +44,10 @@ pub struct Request<'a> {
     pub htu: &'a [String],
     /// The access token presented with the proof (`Authorization: DPoP <token>`), if any.
     pub access_token: Option<&'a str>,
+    /// The thumbprint the access token is bound to (`cnf.jkt`), if known: a proof by another
+    /// key is refused before its claims are read or its signature checked, so a stolen token
+    /// with a key of the thief's cannot buy signature work.
+    pub bound_to: Option<&'a str>,
 }
 
 /// A proof that passed every check.
@@ -111,6 +115,8 @@ pub enum ProofError {
     TokenHash,
     #[error("DPoP proof signature is invalid")]
     BadSignature,
+    #[error("DPoP proof key is not the one the access token is bound to (cnf.jkt)")]
+    KeyMismatch,
 }
 
 fn shown(text: &str) -> String {
@@ -161,6 +167,9 @@ pub fn check(
         return Err(ProofError::KeyAlgorithm(alg.name()));
     }
     let jkt = thumbprint::jkt(jwk).map_err(|_| ProofError::BadKey("no thumbprint"))?;
+    if req.bound_to.is_some_and(|b| b != jkt) {
+        return Err(ProofError::KeyMismatch);
+    }
 
     let claims = &token.claims.all;
     let jti = required_string(claims, "jti")?;

@@ -86,13 +86,16 @@ pub fn check(
         method: req.header(":method").unwrap_or(""),
         htu: &expected,
         access_token: Some(token),
+        bound_to: Some(jkt),
     };
     let now_s = inputs.now_ns / 1_000_000_000;
-    let proof = proof::check(&values, &request, cfg, now_s, inputs.crypto)
-        .map_err(|e| invalid(e.to_string()))?;
-    if proof.jkt != jkt {
-        return Err(refuse(Reason::InvalidToken(TokenError::DpopKeyMismatch)));
-    }
+    let proof =
+        proof::check(&values, &request, cfg, now_s, inputs.crypto).map_err(|e| match e {
+            proof::ProofError::KeyMismatch => {
+                refuse(Reason::InvalidToken(TokenError::DpopKeyMismatch))
+            }
+            e => invalid(e.to_string()),
+        })?;
     let secret = engine.slots.secret();
     if cfg.require_nonce {
         if let Err(e) = nonce::check(

@@ -62,6 +62,7 @@ fn run(
         method: "GET",
         htu: &htu,
         access_token: token,
+        bound_to: None,
     };
     check(&[proof], &req, &cfg(), now, host)
 }
@@ -121,6 +122,7 @@ fn rfc_9449_example_proof_verifies() {
         method: "POST",
         htu: &htu,
         access_token: None,
+        bound_to: None,
     };
     let p = check(&[RFC9449_PROOF], &req, &cfg(), 1_562_262_616 + 2, None).unwrap();
     assert_eq!(p.jkt, "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
@@ -128,6 +130,7 @@ fn rfc_9449_example_proof_verifies() {
     // The same proof presented with an access token lacks `ath`.
     let req = Request {
         access_token: Some("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
+        bound_to: None,
         ..req
     };
     assert_eq!(
@@ -285,6 +288,7 @@ fn exactly_one_header_value() {
         method: "GET",
         htu: &htu,
         access_token: Some(TOKEN),
+        bound_to: None,
     };
     assert_eq!(
         check(&[], &req, &cfg(), NOW, None),
@@ -369,6 +373,7 @@ fn alg_must_be_an_accepted_asymmetric_algorithm() {
         method: "GET",
         htu: &htu,
         access_token: Some(TOKEN),
+        bound_to: None,
     };
     let only_es256 = Config {
         algorithms: vec![Algorithm::ES256],
@@ -531,4 +536,29 @@ fn ath_binds_the_access_token() {
     // Without an access token (a token request), `ath` is not required.
     let proof = sign(&header(), &without(claims(), "ath"));
     assert!(run(&proof, None, NOW, None).is_ok());
+}
+
+#[test]
+fn a_proof_by_another_key_than_the_bound_one_costs_no_signature_check() {
+    let htu = expected_htu();
+    for (proof, jkt, alg) in fixtures() {
+        let host = FakeHost::new(Some(true));
+        let req = |bound_to| Request {
+            method: "GET",
+            htu: &htu,
+            access_token: Some(TOKEN),
+            bound_to,
+        };
+        let other = check(
+            &[proof],
+            &req(Some("another-thumbprint")),
+            &cfg(),
+            NOW,
+            Some(&host),
+        );
+        assert_eq!(other, Err(ProofError::KeyMismatch), "{alg:?}");
+        assert!(host.calls.borrow().is_empty(), "{alg:?}: no signature work");
+        let bound = check(&[proof], &req(Some(jkt)), &cfg(), NOW, Some(&host));
+        assert!(bound.is_ok(), "{alg:?}: {bound:?}");
+    }
 }
