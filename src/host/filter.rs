@@ -16,11 +16,12 @@ use std::rc::Rc;
 
 use crate::config::KeySource;
 use crate::decision::{Decision, LocalReply, Reason};
-use crate::engine::{Events, Inputs, Plan};
+use crate::engine::{Events, FleetCall, Inputs, Plan};
 use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
+use crate::ratelimit::fleet::{self, Failure};
 use crate::request::RequestView;
 
 use super::abi::{self, LogLevel, MapType};
@@ -46,6 +47,8 @@ pub struct Filter {
     refetch: Option<(u32, usize, Lease)>,
     /// Waiting for a provider's first keys: the provider, until when (ms since the epoch).
     waiting: Option<(usize, u64)>,
+    /// The fleet call this request waits for: its token, the call, the decision so far.
+    fleet: Option<(u32, FleetCall, Decision)>,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
 }
@@ -58,6 +61,7 @@ impl Filter {
             response_headers: Vec::new(),
             refetch: None,
             waiting: None,
+            fleet: None,
             allowed: false,
         }
     }
@@ -105,8 +109,7 @@ impl Filter {
                 return STOP;
             }
         }
-        let decision = self.settle(plan, now);
-        self.apply(decision, &peer)
+        self.finish(plan, now, &peer)
     }
 
     /// Until when a request may wait for provider `index`'s first keys: `None` when the provider
@@ -138,8 +141,7 @@ impl Filter {
         };
         let (plan, _, peer) = self.evaluate(now);
         self.waiting = None;
-        let decision = self.settle(plan, now);
-        if self.apply(decision, &peer) == CONTINUE {
+        if self.finish(plan, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
         false
@@ -161,10 +163,83 @@ impl Filter {
         };
         jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
         let (plan, _, peer) = self.evaluate(now);
+        if self.finish(plan, now, &peer) == CONTINUE {
+            let _ = abi::continue_request();
+        }
+    }
+
+    /// Pays the plan and answers; when the request also needs the fleet's answer (its local
+    /// buckets admitted it), asks for it: `STOP` while it waits.
+    fn finish(&mut self, mut plan: Plan, now: u64, peer: &Peer) -> u32 {
+        let call = plan.take_fleet();
         let decision = self.settle(plan, now);
+        let service = (self.worker.engine.config.rate_limits.as_ref())
+            .and_then(|rl| rl.fleet.as_ref())
+            .map(|f| &f.service);
+        let (Some(call), Some(service), Decision::Allow(fwd)) = (call, service, &decision) else {
+            return self.apply(decision, peer);
+        };
+        if fwd.dry_run.is_some() {
+            return self.apply(decision, peer);
+        }
+        match abi::grpc_call(
+            &service.cluster,
+            fleet::GRPC_SERVICE,
+            fleet::GRPC_METHOD,
+            &call.message,
+            service.timeout_ms,
+        ) {
+            Ok(token) => {
+                (self.worker.fleet_calls.borrow_mut()).insert(token, self.id);
+                self.fleet = Some((token, call, decision));
+                STOP
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("meshguard: rate-limit service call not started ({e:?})"),
+                );
+                let decision = self.fleet_settle(decision, call, Err(Failure::Dispatch));
+                self.apply(decision, peer)
+            }
+        }
+    }
+
+    /// The fleet's answer to this request's call (the response message), or why there is none.
+    pub fn on_grpc_answer(&mut self, token: u32, answer: Result<Vec<u8>, Failure>) {
+        let Some((expected, call, decision)) = self.fleet.take() else {
+            return;
+        };
+        if token != expected {
+            self.fleet = Some((expected, call, decision));
+            return;
+        }
+        if let Err(f) = &answer {
+            log(
+                LogLevel::Warn,
+                &format!("meshguard: rate-limit service call failed ({f:?})"),
+            );
+        }
+        let decision = self.fleet_settle(decision, call, answer.as_deref().map_err(|f| *f));
+        let peer = Peer::lazy(&HostPeer);
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
+    }
+
+    fn fleet_settle(
+        &self,
+        decision: Decision,
+        call: FleetCall,
+        answer: Result<&[u8], Failure>,
+    ) -> Decision {
+        let mut events = Events::default();
+        let decision = self
+            .worker
+            .engine
+            .fleet_settle(decision, call, answer, &mut events);
+        self.worker.metrics.record(&events);
+        decision
     }
 
     pub fn on_response_headers(&mut self) {
@@ -175,6 +250,11 @@ impl Filter {
 
     /// The request is gone: a fetch it started will never be answered here.
     pub fn on_delete(&mut self) {
+        if let Some((token, _, _)) = self.fleet.take() {
+            if let Ok(mut calls) = self.worker.fleet_calls.try_borrow_mut() {
+                calls.remove(&token);
+            }
+        }
         if let Some((token, index, lease)) = self.refetch.take() {
             // The fetch goes on (the host owns it): its answer reaches the root, which finishes
             // it, so the refetch slot it used is not wasted.
