@@ -16,10 +16,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::abi::{self, BufferType, LogLevel};
-use super::filter::{Filter, CONTINUE, STOP};
+use super::filter::{Filter, GrpcEnd, CONTINUE, STOP};
 use super::root::Root;
 use super::worker::Worker;
-use crate::ratelimit::fleet::{self, Failure};
 
 #[derive(Default)]
 struct Contexts {
@@ -227,7 +226,7 @@ pub extern "C" fn proxy_on_grpc_receive(id: u32, token: u32, size: usize) {
     };
     let message = abi::buffer(BufferType::GrpcReceive, 0, size)
         .map(Option::unwrap_or_default)
-        .map_err(|_| Failure::Malformed);
+        .map_err(|_| GrpcEnd::Unreadable);
     if abi::set_effective_context(filter).is_ok() {
         with_filter(filter, |f| f.on_grpc_answer(token, message));
     }
@@ -240,9 +239,10 @@ pub extern "C" fn proxy_on_grpc_close(id: u32, token: u32, status: u32) {
     let Some(filter) = fleet_waiter(id, token) else {
         return;
     };
-    let failed = Err(fleet::failure_of_grpc_status(status));
     if abi::set_effective_context(filter).is_ok() {
-        with_filter(filter, |f| f.on_grpc_answer(token, failed));
+        with_filter(filter, |f| {
+            f.on_grpc_answer(token, Err(GrpcEnd::Closed(status)))
+        });
     }
 }
 

@@ -47,8 +47,9 @@ pub struct Filter {
     refetch: Option<(u32, usize, Lease)>,
     /// Waiting for a provider's first keys: the provider, until when (ms since the epoch).
     waiting: Option<(usize, u64)>,
-    /// The fleet call this request waits for: its token, the call, the decision so far.
-    fleet: Option<(u32, FleetCall, Decision)>,
+    /// The fleet call this request waits for: its token, the call, the decision so far, when
+    /// it started (ns since the epoch).
+    fleet: Option<(u32, FleetCall, Decision, u64)>,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
 }
@@ -191,7 +192,7 @@ impl Filter {
         ) {
             Ok(token) => {
                 (self.worker.fleet_calls.borrow_mut()).insert(token, self.id);
-                self.fleet = Some((token, call, decision));
+                self.fleet = Some((token, call, decision, now));
                 STOP
             }
             Err(e) => {
@@ -206,20 +207,35 @@ impl Filter {
     }
 
     /// The fleet's answer to this request's call (the response message), or why there is none.
-    pub fn on_grpc_answer(&mut self, token: u32, answer: Result<Vec<u8>, Failure>) {
-        let Some((expected, call, decision)) = self.fleet.take() else {
+    pub fn on_grpc_answer(&mut self, token: u32, answer: Result<Vec<u8>, GrpcEnd>) {
+        let Some((expected, call, decision, started)) = self.fleet.take() else {
             return;
         };
         if token != expected {
-            self.fleet = Some((expected, call, decision));
+            self.fleet = Some((expected, call, decision, started));
             return;
         }
-        if let Err(f) = &answer {
+        let timeout_ms = (self.worker.engine.config.rate_limits.as_ref())
+            .and_then(|rl| rl.fleet.as_ref())
+            .map_or(0, |f| f.service.timeout_ms);
+        // No clock: take the call as lasting its whole timeout.
+        let elapsed_ms = now_ns().map_or(u64::MAX, |n| n.saturating_sub(started) / 1_000_000);
+        let answer = answer.map_err(|end| match end {
+            GrpcEnd::Unreadable => (Failure::Malformed, None),
+            GrpcEnd::Closed(status) => (
+                fleet::failure_of_close(status, elapsed_ms, timeout_ms),
+                Some(status),
+            ),
+        });
+        if let Err((f, status)) = &answer {
             log(
                 LogLevel::Warn,
-                &format!("meshguard: rate-limit service call failed ({f:?})"),
+                &format!(
+                    "meshguard: rate-limit service call failed ({f:?}, grpc status {status:?}, after {elapsed_ms} ms)"
+                ),
             );
         }
+        let answer = answer.map_err(|(f, _)| f);
         let decision = self.fleet_settle(decision, call, answer.as_deref().map_err(|f| *f));
         let peer = Peer::lazy(&HostPeer);
         if self.apply(decision, &peer) == CONTINUE {
@@ -250,7 +266,7 @@ impl Filter {
 
     /// The request is gone: a fetch it started will never be answered here.
     pub fn on_delete(&mut self) {
-        if let Some((token, _, _)) = self.fleet.take() {
+        if let Some((token, _, _, _)) = self.fleet.take() {
             if let Ok(mut calls) = self.worker.fleet_calls.try_borrow_mut() {
                 calls.remove(&token);
             }
@@ -405,6 +421,14 @@ impl Filter {
             }
         }
     }
+}
+
+/// How a gRPC call ended without a usable message.
+pub enum GrpcEnd {
+    /// The host could not hand over the response message.
+    Unreadable,
+    /// Closed with this gRPC status, no message.
+    Closed(u32),
 }
 
 /// Answers 503 to a request meshguard cannot judge: never a pass.

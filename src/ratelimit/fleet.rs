@@ -323,9 +323,14 @@ impl Outcome {
     }
 }
 
-/// The gRPC status of a call that closed without an answer (`DEADLINE_EXCEEDED` is 4).
-pub fn failure_of_grpc_status(status: u32) -> Failure {
-    if status == 4 {
+/// Why a call that closed without an answer failed: its gRPC status (`DEADLINE_EXCEEDED` is 4)
+/// and how long after it started (ms). Envoy 1.40 closes a call that ran past its timeout with
+/// `UNAVAILABLE` (14), like a refused connection (verified: tests/fleet.rs), so a call that
+/// lasted (nearly: Envoy's timer and the wall clock disagree by a millisecond or so; measured
+/// 299–302 ms for 300) its whole `timeout_ms` is a timeout whatever the status.
+pub fn failure_of_close(status: u32, elapsed_ms: u64, timeout_ms: u32) -> Failure {
+    let nearly = u64::from(timeout_ms).saturating_mul(9) / 10;
+    if status == 4 || elapsed_ms >= nearly {
         Failure::Timeout
     } else {
         Failure::Unavailable

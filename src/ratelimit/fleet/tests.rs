@@ -110,8 +110,10 @@ fn a_long_identity_is_sent_as_a_hash() {
 }
 
 #[test]
-fn deadline_exceeded_is_a_timeout_and_other_statuses_unavailable() {
-    assert_eq!(failure_of_grpc_status(4), Failure::Timeout);
-    assert_eq!(failure_of_grpc_status(14), Failure::Unavailable);
-    assert_eq!(failure_of_grpc_status(2), Failure::Unavailable);
+fn a_call_closed_after_its_timeout_is_a_timeout_whatever_its_status() {
+    assert_eq!(failure_of_close(4, 10, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 100, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 90, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 89, 100), Failure::Unavailable);
+    assert_eq!(failure_of_close(2, 0, 100), Failure::Unavailable);
 }
