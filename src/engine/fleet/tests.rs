@@ -20,13 +20,6 @@ impl KeyLookup for NoKeys {
     }
 }
 
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 const OVER: &str = "0802121208021204080a1002220808111080cab5ee011a200a11582d526174654c696d69742d4c696d6974120b31302c2031303b773d3630";
 
 /// A route without tokens charging fleet policy `shared` (local bucket of `local` requests a

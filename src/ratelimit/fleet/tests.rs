@@ -3,13 +3,7 @@
 //! unchanged) by `tests/fixtures/rls/gen.py`: an encoder independent of this one.
 
 use super::*;
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+use crate::testkit::hex;
 
 fn descriptor(policy: usize, name: &str, identity: &str, cost: u64) -> Descriptor {
     Descriptor {
