@@ -14,8 +14,10 @@ ENVOY_BIN ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY_BIN
 export MESHGUARD_WASM := $(CURDIR)/$(WASM)
 WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
+# The rate-limit service of the fleet tests (tools/rls: Limitador's engine behind Envoy's RLS API).
+export MESHGUARD_RLS := $(CURDIR)/tools/rls/target/release/meshguard-rls
 
-.PHONY: all setup build wasm lint test test-unit test-wasm test-integration demo run check-config bench image clean
+.PHONY: all setup build wasm rls lint test test-unit test-wasm test-integration demo run check-config bench image clean
 
 all: build
 
@@ -50,7 +52,13 @@ test-unit:
 test-wasm: setup
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" cargo test --lib --target wasm32-wasip1
 
-test-integration: build
+# The fleet tests' rate-limit service and the Redis it counts in (Debian `redis-server`). Its
+# own crate and lockfile: the filter's build never compiles tonic or limitador.
+rls:
+	@command -v redis-server >/dev/null || { apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; }
+	cargo build --release --manifest-path tools/rls/Cargo.toml
+
+test-integration: build rls
 	@"$(ENVOY_BIN)" --version
 	cargo test --test '*'
 

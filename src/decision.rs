@@ -58,6 +58,10 @@ pub enum RateLimited {
     FailedAuth,
     /// The bucket could not be updated (CAS retries exhausted) and `onContention` is `deny`.
     Contention,
+    /// The fleet's rate-limit service answered `OVER_LIMIT`.
+    Fleet,
+    /// The fleet's rate-limit service gave no usable answer and its `failureMode` is `deny`.
+    ServiceUnavailable,
 }
 
 /// Authorization refusals.
@@ -253,6 +257,10 @@ reason_table! {
         429, Absent, "rate_limited", "too many failed authentications", "rate_limited.failed_auth", Policy;
     RateLimited(RateLimited::Contention) =>
         429, Absent, "rate_limited", "rate limit exceeded", "rate_limited.contention", RetryAfterOne;
+    RateLimited(RateLimited::Fleet) =>
+        429, Absent, "rate_limited", "rate limit exceeded", "rate_limited.fleet", Policy;
+    RateLimited(RateLimited::ServiceUnavailable) =>
+        503, Absent, "temporarily_unavailable", "rate limit service unavailable", "rate_limited.service_unavailable", RetryAfterOne;
 }
 
 impl Reason {
@@ -689,7 +697,7 @@ mod tests {
 
     #[test]
     fn every_reason_has_one_row_at_its_index() {
-        assert_eq!(Reason::COUNT, 40);
+        assert_eq!(Reason::COUNT, 42);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
             assert_eq!(Reason::ALL.iter().filter(|o| *o == r).count(), 1, "{r:?}");

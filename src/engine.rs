@@ -12,9 +12,11 @@
 
 mod authn;
 mod dpop;
+mod fleet;
 mod inputs;
 mod plan;
 
+pub use fleet::FleetCall;
 pub use inputs::{Events, Inputs};
 pub use plan::Plan;
 
@@ -193,6 +195,9 @@ impl Engine {
                 inputs.now_ns,
             );
             let refused = charges.refused;
+            if refused.is_none() {
+                debts.fleet = fleet::plan(self, &charges, req.peer, principal.as_deref());
+            }
             debts.charges = Some(charges);
             debts.caller = principal.clone();
             if let Some(refusal) = refused {

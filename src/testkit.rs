@@ -241,3 +241,11 @@ impl crate::ratelimit::store::BucketStore for MemStore {
         Ok(())
     }
 }
+
+/// Bytes from a hex string (expected messages written out in tests).
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

@@ -333,3 +333,85 @@ fn the_compose_workload_echoes_what_it_received() {
     assert_eq!(r.json()["path"], "/projects?x=1");
     assert_eq!(r.upstream_header("x-user").as_deref(), Some("ada"));
 }
+
+/// The saas-api fleet example's three files agree: every fleet policy of `envoy-fleet.yaml` has a
+/// Limitador limit (namespace = the service's domain, matched on `descriptors[0].policy`, per
+/// `descriptors[0].identity`) and an envoyproxy/ratelimit descriptor with the same numbers.
+#[test]
+fn the_saas_api_fleet_limits_agree_with_its_envoy_config() {
+    let shipped = Shipped::load("envoy/examples/saas-api/envoy-fleet.yaml");
+    let configs = shipped.plugin_configs();
+    assert_eq!(configs.len(), 1);
+    let config = meshguard::config::Config::from_json(&configs[0]).unwrap();
+    let rl = config.rate_limits.as_ref().unwrap();
+    let fleet = rl.fleet.as_ref().expect("a fleet service");
+    assert_eq!(fleet.service.cluster, "ratelimit");
+    let cluster = &shipped.yaml["static_resources"]["clusters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ratelimit")
+        .expect("the ratelimit cluster")["typed_extension_protocol_options"];
+    assert!(
+        serde_yaml_ng::to_string(cluster)
+            .unwrap()
+            .contains("http2_protocol_options"),
+        "the rate-limit cluster speaks HTTP/2"
+    );
+    let dir = repo().join("envoy/examples/saas-api/ratelimit");
+    let limitador: Y =
+        serde_yaml_ng::from_str(&fs::read_to_string(dir.join("limitador-limits.yaml")).unwrap())
+            .unwrap();
+    let envoyproxy: Y = serde_yaml_ng::from_str(
+        &fs::read_to_string(dir.join("envoyproxy-ratelimit-config.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        envoyproxy["domain"].as_str(),
+        Some(fleet.service.domain.as_str())
+    );
+    assert_eq!(fleet.policies.len(), 2);
+    for &i in &fleet.policies {
+        let name = &rl.limits[i].name;
+        let limit = limitador
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no Limitador limit for {name}"));
+        assert_eq!(
+            limit["namespace"].as_str(),
+            Some(fleet.service.domain.as_str())
+        );
+        assert_eq!(
+            limit["conditions"][0].as_str().unwrap(),
+            format!("descriptors[0].policy == '{name}'")
+        );
+        assert_eq!(
+            limit["variables"][0].as_str(),
+            Some("descriptors[0].identity")
+        );
+        let descriptor = envoyproxy["descriptors"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|d| d["key"] == "policy" && d["value"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no envoyproxy/ratelimit descriptor for {name}"));
+        let inner = &descriptor["descriptors"][0];
+        assert_eq!(inner["key"], "identity");
+        assert!(inner.get("value").is_none(), "one counter per identity");
+        let unit_seconds = match inner["rate_limit"]["unit"].as_str().unwrap() {
+            "second" => 1,
+            "minute" => 60,
+            "hour" => 3600,
+            "day" => 86_400,
+            other => panic!("unit {other}"),
+        };
+        assert_eq!(limit["seconds"].as_u64(), Some(unit_seconds), "{name}");
+        assert_eq!(
+            limit["max_value"].as_u64(),
+            inner["rate_limit"]["requests_per_unit"].as_u64(),
+            "{name}"
+        );
+    }
+}

@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 use super::validate::{claim_path, duration_ns, is_short_name, principal, DURATION_FORMS};
 use super::ConfigError;
-use crate::ratelimit::{IdentitySource, Limit, LimitBy, LimitChoice, RateLimits, RouteLimit};
+use crate::ratelimit::fleet::Service;
+use crate::ratelimit::{
+    Fleet, IdentitySource, Limit, LimitBy, LimitChoice, RateLimits, RouteLimit,
+};
 
 pub const DEFAULT_SLOTS: u32 = 4096;
 pub const MAX_SLOTS: u32 = 65_536;
@@ -32,6 +35,20 @@ pub(super) struct RawRateLimits {
     on_contention: Option<RawContention>,
     #[serde(default)]
     response_headers: bool,
+    #[serde(default)]
+    service: Option<RawService>,
+}
+
+/// `rateLimits.service`: the rate-limit service fleet policies are counted by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawService {
+    cluster: String,
+    domain: String,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    failure_mode: Option<RawContention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +62,8 @@ struct RawLimit {
     key: Option<RawLimitBy>,
     #[serde(default)]
     slots: Option<u32>,
+    #[serde(default)]
+    fleet: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -109,8 +128,18 @@ pub(super) fn rate_limits(
         ));
     }
     let mut limits = Vec::new();
+    let mut fleet_policies = Vec::new();
     let mut total_slots = 0u64;
     for (name, l) in raw.policies {
+        if l.fleet {
+            if raw.service.is_none() {
+                return Err(ConfigError::new(
+                    at(&format!("policies.{name}.fleet")),
+                    "a fleet policy needs rateLimits.service",
+                ));
+            }
+            fleet_policies.push(limits.len());
+        }
         let p = |f: &str| at(&format!("policies.{name}.{f}"));
         if !is_short_name(&name) {
             return Err(ConfigError::new(
@@ -245,7 +274,27 @@ pub(super) fn rate_limits(
             Some(i)
         }
     };
+    if failed_auth.is_some_and(|i| fleet_policies.contains(&i)) {
+        return Err(ConfigError::new(
+            at("failedAuth.policy"),
+            "must be a local policy (not fleet)",
+        ));
+    }
+    let fleet = match raw.service {
+        None => None,
+        Some(s) => Some(Fleet {
+            service: service(&at("service"), s)?,
+            policies: fleet_policies,
+        }),
+    };
+    if fleet.as_ref().is_some_and(|f| f.policies.is_empty()) {
+        return Err(ConfigError::new(
+            at("service"),
+            "no policy has \"fleet\": true",
+        ));
+    }
     Ok(RateLimits {
+        fleet,
         identity,
         limits,
         global,
@@ -255,6 +304,46 @@ pub(super) fn rate_limits(
         failed_auth,
         deny_on_contention: !matches!(raw.on_contention, Some(RawContention::Allow)),
         response_headers: raw.response_headers,
+    })
+}
+
+pub const DEFAULT_FLEET_TIMEOUT_MS: u32 = 100;
+const MAX_FLEET_TIMEOUT_MS: u32 = 10_000;
+const MAX_CLUSTER_LEN: usize = 256;
+const MAX_DOMAIN_LEN: usize = 128;
+
+fn service(at: &str, raw: RawService) -> Result<Service, ConfigError> {
+    let RawService {
+        cluster,
+        domain,
+        timeout_ms,
+        failure_mode,
+    } = raw;
+    let field = |f: &str| format!("{at}.{f}");
+    if cluster.is_empty() || cluster.len() > MAX_CLUSTER_LEN {
+        return Err(ConfigError::new(
+            field("cluster"),
+            format!("an Envoy cluster name of 1 to {MAX_CLUSTER_LEN} bytes"),
+        ));
+    }
+    if domain.is_empty() || domain.len() > MAX_DOMAIN_LEN {
+        return Err(ConfigError::new(
+            field("domain"),
+            format!("1 to {MAX_DOMAIN_LEN} bytes"),
+        ));
+    }
+    let timeout_ms = timeout_ms.unwrap_or(DEFAULT_FLEET_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > MAX_FLEET_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            field("timeoutMs"),
+            format!("must be between 1 and {MAX_FLEET_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(Service {
+        cluster,
+        domain,
+        timeout_ms,
+        fail_open: matches!(failure_mode, Some(RawContention::Allow)),
     })
 }
 

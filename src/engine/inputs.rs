@@ -37,4 +37,6 @@ pub struct Events {
     pub failed_replays: u32,
     /// Tokens verified on a trickle credit although their source's failed-auth budget was spent.
     pub budget_trickle: u32,
+    /// How the fleet's rate-limit service call ended.
+    pub fleet: Option<crate::ratelimit::fleet::Outcome>,
 }

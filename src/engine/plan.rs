@@ -34,6 +34,9 @@ pub(super) struct Debts {
     pub(super) charges: Option<Charges>,
     /// The authenticated caller, for the log line of a refusal settling makes.
     pub(super) caller: Option<Rc<Principal>>,
+    /// The fleet call the request needs once its local charges are paid: the message and the
+    /// policy of each descriptor.
+    pub(super) fleet: Option<(Vec<u8>, Vec<usize>)>,
 }
 
 impl Plan {

@@ -65,6 +65,7 @@ pub enum MapType {
 #[repr(u32)]
 pub enum BufferType {
     CallResponseBody = 4,
+    GrpcReceive = 5,
     PluginConfiguration = 7,
 }
 
@@ -150,6 +151,21 @@ mod raw {
             body_size: usize,
             trailers: *const u8,
             trailers_size: usize,
+            timeout_ms: u32,
+            out_token: *mut u32,
+        ) -> u32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn proxy_grpc_call(
+            service: *const u8,
+            service_size: usize,
+            service_name: *const u8,
+            service_name_size: usize,
+            method_name: *const u8,
+            method_name_size: usize,
+            initial_metadata: *const u8,
+            initial_metadata_size: usize,
+            message: *const u8,
+            message_size: usize,
             timeout_ms: u32,
             out_token: *mut u32,
         ) -> u32;
@@ -332,6 +348,40 @@ pub fn http_call(cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> H
             0,
             no_trailers.as_ptr(),
             no_trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Starts a unary gRPC call through Envoy cluster `cluster` (Envoy parses the first argument as
+/// a serialized `GrpcService` and, failing that, takes it as a cluster name). The answer arrives
+/// in `proxy_on_grpc_receive` (the response message) or `proxy_on_grpc_close` (a gRPC status:
+/// timeout, no connection…) of the root context, with the returned token. `BadArgument` /
+/// `ParseFailure`: no such cluster.
+pub fn grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout_ms: u32,
+) -> HostResult<u32> {
+    let no_metadata = wire::encode_map(&[]);
+    let mut token = 0u32;
+    // SAFETY: pointers/lengths of live slices; `token` is a live local.
+    check(unsafe {
+        raw::proxy_grpc_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            no_metadata.as_ptr(),
+            no_metadata.len(),
+            message.as_ptr(),
+            message.len(),
             timeout_ms,
             &mut token,
         )

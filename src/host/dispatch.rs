@@ -15,8 +15,8 @@ use std::collections::HashMap;
 
 use std::rc::Rc;
 
-use super::abi::{self, LogLevel};
-use super::filter::{Filter, CONTINUE, STOP};
+use super::abi::{self, BufferType, LogLevel};
+use super::filter::{Filter, GrpcEnd, CONTINUE, STOP};
 use super::root::Root;
 use super::worker::Worker;
 
@@ -208,6 +208,41 @@ pub extern "C" fn proxy_on_http_call_response(
                 retry_waiting(id, &worker, now);
             }
         }
+    }
+}
+
+/// The HTTP context waiting for gRPC call `token` of root context `root`'s worker.
+fn fleet_waiter(root: u32, token: u32) -> Option<u32> {
+    let worker = with_table(|t| t.roots.get(&root).and_then(Root::worker)).flatten()?;
+    let id = worker.fleet_calls.try_borrow_mut().ok()?.remove(&token);
+    id
+}
+
+/// A gRPC call's response message: to the request that waits for it.
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(id: u32, token: u32, size: usize) {
+    let Some(filter) = fleet_waiter(id, token) else {
+        return; // its request is gone
+    };
+    let message = abi::buffer(BufferType::GrpcReceive, 0, size)
+        .map(Option::unwrap_or_default)
+        .map_err(|_| GrpcEnd::Unreadable);
+    if abi::set_effective_context(filter).is_ok() {
+        with_filter(filter, |f| f.on_grpc_answer(token, message));
+    }
+}
+
+/// A gRPC call ended without a message: `status` is its gRPC status (`DEADLINE_EXCEEDED` on
+/// timeout, `UNAVAILABLE` without a connection).
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(id: u32, token: u32, status: u32) {
+    let Some(filter) = fleet_waiter(id, token) else {
+        return;
+    };
+    if abi::set_effective_context(filter).is_ok() {
+        with_filter(filter, |f| {
+            f.on_grpc_answer(token, Err(GrpcEnd::Closed(status)))
+        });
     }
 }
 

@@ -16,11 +16,12 @@ use std::rc::Rc;
 
 use crate::config::KeySource;
 use crate::decision::{Decision, LocalReply, Reason};
-use crate::engine::{Events, Inputs, Plan};
+use crate::engine::{Events, FleetCall, Inputs, Plan};
 use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
+use crate::ratelimit::fleet::{self, Failure};
 use crate::request::RequestView;
 
 use super::abi::{self, LogLevel, MapType};
@@ -46,6 +47,9 @@ pub struct Filter {
     refetch: Option<(u32, usize, Lease)>,
     /// Waiting for a provider's first keys: the provider, until when (ms since the epoch).
     waiting: Option<(usize, u64)>,
+    /// The fleet call this request waits for: its token, the call, the decision so far, when
+    /// it started (ns since the epoch).
+    fleet: Option<(u32, FleetCall, Decision, u64)>,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
 }
@@ -58,6 +62,7 @@ impl Filter {
             response_headers: Vec::new(),
             refetch: None,
             waiting: None,
+            fleet: None,
             allowed: false,
         }
     }
@@ -105,8 +110,7 @@ impl Filter {
                 return STOP;
             }
         }
-        let decision = self.settle(plan, now);
-        self.apply(decision, &peer)
+        self.finish(plan, now, &peer)
     }
 
     /// Until when a request may wait for provider `index`'s first keys: `None` when the provider
@@ -138,8 +142,7 @@ impl Filter {
         };
         let (plan, _, peer) = self.evaluate(now);
         self.waiting = None;
-        let decision = self.settle(plan, now);
-        if self.apply(decision, &peer) == CONTINUE {
+        if self.finish(plan, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
         false
@@ -161,10 +164,98 @@ impl Filter {
         };
         jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
         let (plan, _, peer) = self.evaluate(now);
+        if self.finish(plan, now, &peer) == CONTINUE {
+            let _ = abi::continue_request();
+        }
+    }
+
+    /// Pays the plan and answers; when the request also needs the fleet's answer (its local
+    /// buckets admitted it), asks for it: `STOP` while it waits.
+    fn finish(&mut self, mut plan: Plan, now: u64, peer: &Peer) -> u32 {
+        let call = plan.take_fleet();
         let decision = self.settle(plan, now);
+        let service = (self.worker.engine.config.rate_limits.as_ref())
+            .and_then(|rl| rl.fleet.as_ref())
+            .map(|f| &f.service);
+        let (Some(call), Some(service), Decision::Allow(fwd)) = (call, service, &decision) else {
+            return self.apply(decision, peer);
+        };
+        if fwd.dry_run.is_some() {
+            return self.apply(decision, peer);
+        }
+        match abi::grpc_call(
+            &service.cluster,
+            fleet::GRPC_SERVICE,
+            fleet::GRPC_METHOD,
+            &call.message,
+            service.timeout_ms,
+        ) {
+            Ok(token) => {
+                (self.worker.fleet_calls.borrow_mut()).insert(token, self.id);
+                self.fleet = Some((token, call, decision, now));
+                STOP
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("meshguard: rate-limit service call not started ({e:?})"),
+                );
+                let decision = self.fleet_settle(decision, call, Err(Failure::Dispatch));
+                self.apply(decision, peer)
+            }
+        }
+    }
+
+    /// The fleet's answer to this request's call (the response message), or why there is none.
+    pub fn on_grpc_answer(&mut self, token: u32, answer: Result<Vec<u8>, GrpcEnd>) {
+        let Some((expected, call, decision, started)) = self.fleet.take() else {
+            return;
+        };
+        if token != expected {
+            self.fleet = Some((expected, call, decision, started));
+            return;
+        }
+        let timeout_ms = (self.worker.engine.config.rate_limits.as_ref())
+            .and_then(|rl| rl.fleet.as_ref())
+            .map_or(0, |f| f.service.timeout_ms);
+        // No clock: take the call as lasting its whole timeout.
+        let elapsed_ms = now_ns().map_or(u64::MAX, |n| n.saturating_sub(started) / 1_000_000);
+        let answer = answer.map_err(|end| match end {
+            GrpcEnd::Unreadable => (Failure::Malformed, None),
+            GrpcEnd::Closed(status) => (
+                fleet::failure_of_close(status, elapsed_ms, timeout_ms),
+                Some(status),
+            ),
+        });
+        if let Err((f, status)) = &answer {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "meshguard: rate-limit service call failed ({f:?}, grpc status {status:?}, after {elapsed_ms} ms)"
+                ),
+            );
+        }
+        let answer = answer.map_err(|(f, _)| f);
+        let decision = self.fleet_settle(decision, call, answer.as_deref().map_err(|f| *f));
+        let peer = Peer::lazy(&HostPeer);
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
+    }
+
+    fn fleet_settle(
+        &self,
+        decision: Decision,
+        call: FleetCall,
+        answer: Result<&[u8], Failure>,
+    ) -> Decision {
+        let mut events = Events::default();
+        let decision = self
+            .worker
+            .engine
+            .fleet_settle(decision, call, answer, &mut events);
+        self.worker.metrics.record(&events);
+        decision
     }
 
     pub fn on_response_headers(&mut self) {
@@ -175,6 +266,11 @@ impl Filter {
 
     /// The request is gone: a fetch it started will never be answered here.
     pub fn on_delete(&mut self) {
+        if let Some((token, _, _, _)) = self.fleet.take() {
+            if let Ok(mut calls) = self.worker.fleet_calls.try_borrow_mut() {
+                calls.remove(&token);
+            }
+        }
         if let Some((token, index, lease)) = self.refetch.take() {
             // The fetch goes on (the host owns it): its answer reaches the root, which finishes
             // it, so the refetch slot it used is not wasted.
@@ -325,6 +421,14 @@ impl Filter {
             }
         }
     }
+}
+
+/// How a gRPC call ended without a usable message.
+pub enum GrpcEnd {
+    /// The host could not hand over the response message.
+    Unreadable,
+    /// Closed with this gRPC status, no message.
+    Closed(u32),
 }
 
 /// Answers 503 to a request meshguard cannot judge: never a pass.

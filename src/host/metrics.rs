@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::decision::Reason;
 use crate::engine::Events;
 use crate::jwks_sync::FetchError;
+use crate::ratelimit::fleet::Outcome;
 
 use super::abi::{self, MetricType};
 
@@ -56,6 +57,8 @@ pub struct Metrics {
     rate_limit_slot_shared: Option<u32>,
     token_cache_hit: Batched,
     token_cache_miss: Batched,
+    /// `fleet.<outcome code>`, in `fleet::Outcome::ALL` order.
+    fleet: Vec<Option<u32>>,
     providers: Vec<ProviderMetrics>,
 }
 
@@ -106,6 +109,10 @@ impl Metrics {
             rate_limit_slot_shared: counter("rate_limit_slot_shared"),
             token_cache_hit: Batched::new(counter("token_cache.hit")),
             token_cache_miss: Batched::new(counter("token_cache.miss")),
+            fleet: Outcome::ALL
+                .iter()
+                .map(|o| counter(&format!("fleet.{}", o.code())))
+                .collect(),
             providers,
         }
     }
@@ -115,6 +122,10 @@ impl Metrics {
         add(self.rate_limit_slot_shared, events.shared_slots);
         self.token_cache_hit.add(events.cache_hits);
         self.token_cache_miss.add(events.cache_misses);
+        if let Some(outcome) = events.fleet {
+            let at = Outcome::ALL.iter().position(|o| *o == outcome);
+            add(at.and_then(|i| self.fleet.get(i).copied()).flatten(), 1);
+        }
     }
 
     pub fn allowed(&self) {

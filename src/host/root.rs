@@ -97,6 +97,7 @@ impl Root {
             crypto: BoringSsl::default(),
             waiting: RefCell::new(Vec::new()),
             orphans: RefCell::new(HashMap::new()),
+            fleet_calls: RefCell::new(HashMap::new()),
         });
         worker
             .keys

@@ -31,4 +31,7 @@ pub struct Worker {
     /// Kid-miss fetches whose request went away: call token → provider and lease. The root
     /// finishes them when their answer arrives.
     pub orphans: RefCell<HashMap<u32, (usize, Lease)>>,
+    /// Fleet calls (gRPC) requests wait for: call token → HTTP context. The host delivers the
+    /// answer to the root context, which routes it with this. One entry per waiting request.
+    pub fleet_calls: RefCell<HashMap<u32, u32>>,
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::store::{charge_seen, BucketStore, Charge, Seen};
 use super::{
-    identity_hash, slot_name, slot_of, slot_prefix, Bucket, IdentitySource, LimitBy, LimitChoice,
-    RateLimits, RouteLimit, SlotKind, SlotSecret, Verdict,
+    fleet, identity_hash, slot_name, slot_of, slot_prefix, Bucket, Fleet, IdentitySource, LimitBy,
+    LimitChoice, RateLimits, RouteLimit, SlotKind, SlotSecret, Verdict,
 };
 use crate::identity::Peer;
 use crate::jwt::jws::Claims;
@@ -40,6 +40,16 @@ pub struct Charges {
     /// The policy that refuses as read (the last step): the request's answer, unless an earlier
     /// charge refuses when settled.
     pub refused: Option<Refusal>,
+}
+
+impl Charges {
+    /// The planned charges of fleet policies: (policy, cost), in charge order.
+    pub fn fleet_steps<'a>(&'a self, fleet: &'a Fleet) -> impl Iterator<Item = (usize, u64)> + 'a {
+        self.steps
+            .iter()
+            .filter(|s| fleet.policies.contains(&s.policy))
+            .map(|s| (s.policy, s.cost))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +213,25 @@ impl Slots {
         }
     }
 
+    /// The caller's rate-limit identity as text, for a fleet descriptor: the same choice as
+    /// [`Slots::identity`] (first configured source available, else the source IP), unhashed
+    /// (the keyed hash differs per proxy), bounded by [`fleet::descriptor_value`].
+    pub fn fleet_identity(
+        &self,
+        rl: &RateLimits,
+        peer: &Peer,
+        principal: Option<&Principal>,
+    ) -> String {
+        let claims = principal.map(|p| &*p.claims);
+        let found = rl.identity.iter().find_map(|source| match source {
+            IdentitySource::ClientId | IdentitySource::Subject | IdentitySource::Claim(_) => {
+                claims.and_then(|c| claim_identity(source, c))
+            }
+            _ => peer_identity(source, peer),
+        });
+        fleet::descriptor_value(&found.unwrap_or_else(|| source_ip_identity(peer)))
+    }
+
     /// The slot hash of the caller's rate-limit identity: the first configured source that is
     /// available, else the source IP. A token's claim-based identity was hashed once, when it
     /// was verified ([`Principal::rate_identity`]); peer facts are read per request.
@@ -216,11 +245,7 @@ impl Slots {
                         _ => None,
                     }
                 }
-                IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
-                IdentitySource::CertificateSha256 => {
-                    peer.certificate_sha256().map(|d| format!("cert:{d}"))
-                }
-                IdentitySource::SourceIp => Some(source_ip_identity(peer)),
+                _ => peer_identity(source, peer),
             };
             if let Some(id) = found {
                 return identity_hash(&self.secret, &id);
@@ -317,6 +342,16 @@ fn claim_identity(source: &IdentitySource, claims: &Claims) -> Option<String> {
         IdentitySource::SpiffeId | IdentitySource::CertificateSha256 | IdentitySource::SourceIp => {
             None
         }
+    }
+}
+
+/// An identity read from the connection (`None` for the token's sources).
+fn peer_identity(source: &IdentitySource, peer: &Peer) -> Option<String> {
+    match source {
+        IdentitySource::SpiffeId => peer.spiffe().map(|id| format!("spiffe:{}", id.uri)),
+        IdentitySource::CertificateSha256 => peer.certificate_sha256().map(|d| format!("cert:{d}")),
+        IdentitySource::SourceIp => Some(source_ip_identity(peer)),
+        IdentitySource::ClientId | IdentitySource::Subject | IdentitySource::Claim(_) => None,
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod apply;
 pub mod budget;
+pub mod fleet;
 pub mod store;
 
 use crate::identity::PrincipalPattern;
@@ -50,6 +51,16 @@ pub struct RateLimits {
     pub failed_auth: Option<usize>,
     pub deny_on_contention: bool,
     pub response_headers: bool,
+    /// The rate-limit service and the policies it counts (`rateLimits.service`, `fleet: true`).
+    pub fleet: Option<Fleet>,
+}
+
+/// Fleet-wide limits: the service to ask and which policies it counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    pub service: fleet::Service,
+    /// Indexes into `limits` of the fleet policies (their local bucket is charged first).
+    pub policies: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]

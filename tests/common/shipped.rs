@@ -23,13 +23,16 @@ impl Shipped {
     }
 
     /// Every Envoy `*.yaml` under `dir` (relative to the repository); Compose files
-    /// (`docker-compose.yaml`) are not Envoy configs and are left out.
+    /// (`docker-compose.yaml`) and rate-limit service configs (under a `ratelimit/` directory)
+    /// are not Envoy configs and are left out.
     pub fn all_under(dir: &str) -> Vec<String> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             for e in fs::read_dir(p).unwrap() {
                 let p = e.unwrap().path();
                 if p.is_dir() {
-                    walk(&p, out);
+                    if !p.ends_with("ratelimit") {
+                        walk(&p, out);
+                    }
                 } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                     && !p
                         .file_name()

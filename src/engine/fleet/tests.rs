@@ -1,0 +1,193 @@
+//! Fleet limits through the pipeline: what is asked, and what each answer becomes. Expected
+//! message bytes come from Python `protobuf` (`tests/fixtures/rls/gen.py`).
+
+use serde_json::json;
+
+use super::*;
+use crate::decision::LocalReply;
+use crate::engine::{Events, Inputs};
+use crate::identity::PeerInfo;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::verify::KeyLookup;
+use crate::request::RequestView;
+use crate::testkit::*;
+
+struct NoKeys;
+
+impl KeyLookup for NoKeys {
+    fn keys(&self, _: usize) -> Option<&KeySet> {
+        None
+    }
+}
+
+const OVER: &str = "0802121208021204080a1002220808111080cab5ee011a200a11582d526174654c696d69742d4c696d6974120b31302c2031303b773d3630";
+
+/// A route without tokens charging fleet policy `shared` (local bucket of `local` requests a
+/// minute in front) at cost 2; the service fails as `failure_mode` says.
+fn engine(local: u64, failure_mode: &str) -> Engine {
+    let keys = TestKeys::new();
+    let top = json!({
+        "rateLimits": {
+            "service": {"cluster": "rls", "domain": "saas-api", "timeoutMs": 50, "failureMode": failure_mode},
+            "policies": {"shared": {"requests": local, "per": "1m", "fleet": true}},
+            "responseHeaders": true
+        },
+        "routes": [{"match": {"pathPrefixes": ["/"]}, "token": "none",
+                    "rateLimit": [{"policy": "shared", "cost": 2}]}]
+    });
+    let config = parse_config(&config_doc(keys.jwks(), json!({}), top)).unwrap();
+    Engine::new(config, "test", [7u8; 16])
+}
+
+/// Decides and settles one request from 10.0.0.1 on `store`: the decision and the fleet call.
+fn local(engine: &Engine, store: &MemStore) -> (Decision, Option<FleetCall>) {
+    let peer = crate::identity::Peer::from(PeerInfo {
+        source_address: Some("10.0.0.1:4000".into()),
+        ..PeerInfo::default()
+    });
+    let owned = [
+        (":authority".to_string(), b"api".to_vec()),
+        (":method".to_string(), b"GET".to_vec()),
+    ];
+    let headers = crate::request::borrowed(&owned);
+    let req = RequestView {
+        path: "/projects",
+        headers: &headers,
+        peer: &peer,
+    };
+    let inputs = Inputs {
+        keys: &NoKeys,
+        buckets: store,
+        crypto: None,
+        cache: None,
+        now_ns: NOW * 1_000_000_000,
+    };
+    let mut plan = engine.decide(&req, &inputs, &mut Events::default());
+    let call = plan.take_fleet();
+    (engine.settle(plan, &inputs, &mut Events::default()), call)
+}
+
+fn settle(engine: &Engine, answer: Result<&[u8], Failure>) -> (Decision, Events) {
+    let store = MemStore::for_engine(engine);
+    let (decision, call) = local(engine, &store);
+    let mut events = Events::default();
+    let d = engine.fleet_settle(decision, call.unwrap(), answer, &mut events);
+    (d, events)
+}
+
+fn denied(d: Decision) -> LocalReply {
+    match d {
+        Decision::Deny(r) => r,
+        Decision::Allow(f) => panic!("allowed: {f:?}"),
+    }
+}
+
+fn header<'a>(r: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    r.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn an_admitted_request_asks_for_its_policy_identity_and_cost() {
+    let e = engine(10, "deny");
+    let store = MemStore::for_engine(&e);
+    let (decision, call) = local(&e, &store);
+    assert!(matches!(decision, Decision::Allow(_)));
+    assert_eq!(
+        call.unwrap().message,
+        hex("0a08736161732d617069122b0a100a06706f6c69637912067368617265640a170a086964656e74697479120b69703a31302e302e302e311802")
+    );
+}
+
+#[test]
+fn a_request_the_local_bucket_refuses_costs_no_call() {
+    // Local bucket of 2 a minute, cost 2: the first request empties it.
+    let e = engine(2, "deny");
+    let store = MemStore::for_engine(&e);
+    assert!(local(&e, &store).1.is_some());
+    let (decision, call) = local(&e, &store);
+    assert_eq!(denied(decision).status, 429);
+    assert_eq!(call, None);
+}
+
+#[test]
+fn over_limit_is_a_429_with_the_services_numbers() {
+    let e = engine(10, "deny");
+    let (d, events) = settle(&e, Ok(&hex(OVER)));
+    let reply = denied(d);
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.reason.code(), "rate_limited.fleet");
+    // 17.5 s until the reset, rounded up.
+    assert_eq!(header(&reply.headers, "retry-after"), Some("18"));
+    assert_eq!(
+        header(&reply.headers, "ratelimit"),
+        Some("\"shared\";r=0;t=18")
+    );
+    assert_eq!(
+        header(&reply.headers, "ratelimit-policy"),
+        Some("\"shared\";q=10;w=60")
+    );
+    // The service's own header replaces ours of the same name.
+    assert_eq!(
+        header(&reply.headers, "x-ratelimit-limit"),
+        Some("10, 10;w=60")
+    );
+    assert_eq!(events.fleet, Some(Outcome::OverLimit));
+}
+
+#[test]
+fn ok_lets_the_request_through_with_the_fleets_remaining() {
+    let e = engine(10, "deny");
+    // OK; one status: 5 a second, 4 left, reset in 1 s.
+    let (d, events) = settle(&e, Ok(&hex("0801120e0801120408051001180422020801")));
+    let Decision::Allow(fwd) = d else {
+        panic!("denied")
+    };
+    assert_eq!(
+        header(&fwd.response_headers, "ratelimit"),
+        Some("\"shared\";r=4;t=1")
+    );
+    assert_eq!(events.fleet, Some(Outcome::Ok));
+}
+
+#[test]
+fn failures_follow_the_failure_mode() {
+    for failure in [Failure::Timeout, Failure::Unavailable, Failure::Dispatch] {
+        let (d, events) = settle(&engine(10, "deny"), Err(failure));
+        let reply = denied(d);
+        assert_eq!(
+            (reply.status, reply.reason.code()),
+            (503, "rate_limited.service_unavailable")
+        );
+        assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+        assert_eq!(events.fleet, Some(Outcome::Failed(failure)));
+
+        let (d, _) = settle(&engine(10, "allow"), Err(failure));
+        assert!(matches!(d, Decision::Allow(_)), "{failure:?}");
+    }
+    // UNKNOWN (an empty message) and garbage are failures too.
+    let (d, events) = settle(&engine(10, "deny"), Ok(&[]));
+    assert_eq!(denied(d).status, 503);
+    assert_eq!(events.fleet, Some(Outcome::Failed(Failure::Unknown)));
+    let (d, events) = settle(&engine(10, "allow"), Ok(&[0x0a, 0x05, 0x01]));
+    assert!(matches!(d, Decision::Allow(_)));
+    assert_eq!(events.fleet, Some(Outcome::Failed(Failure::Malformed)));
+}
+
+#[test]
+fn a_fleet_policy_needs_the_service() {
+    let keys = TestKeys::new();
+    let top =
+        json!({"rateLimits": {"policies": {"p": {"requests": 1, "per": "1s", "fleet": true}}}});
+    let err = parse_config(&config_doc(keys.jwks(), json!({}), top)).unwrap_err();
+    assert!(
+        err.to_string().contains("rateLimits.policies.p.fleet"),
+        "{err}"
+    );
+    let top = json!({"rateLimits": {"policies": {"p": {"requests": 1, "per": "1s"}},
+        "service": {"cluster": "c", "domain": "d", "timeoutMs": 0}}});
+    let err = parse_config(&config_doc(keys.jwks(), json!({}), top)).unwrap_err();
+    assert!(
+        err.to_string().contains("rateLimits.service.timeoutMs"),
+        "{err}"
+    );
+}

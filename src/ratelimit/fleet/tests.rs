@@ -1,0 +1,113 @@
+//! The expected bytes were produced by Python `protobuf` (grpcio-tools' protoc) from
+//! `tests/fixtures/rls/rls.proto` (the messages of Envoy's `rls.proto`, trimmed, field numbers
+//! unchanged) by `tests/fixtures/rls/gen.py`: an encoder independent of this one.
+
+use super::*;
+use crate::testkit::hex;
+
+fn descriptor(policy: usize, name: &str, identity: &str, cost: u64) -> Descriptor {
+    Descriptor {
+        policy,
+        entries: vec![("policy", name.into()), ("identity", identity.into())],
+        cost,
+    }
+}
+
+#[test]
+fn one_descriptor_carries_the_cost_as_the_requests_hits_addend() {
+    let bytes = encode_request(
+        "saas-api",
+        &[descriptor(
+            0,
+            "fleet-free",
+            "client:https://issuer|app-1",
+            3,
+        )],
+    );
+    assert_eq!(
+        bytes,
+        hex("0a08736161732d617069123f0a140a06706f6c696379120a666c6565742d667265650a270a086964656e74697479121b636c69656e743a68747470733a2f2f6973737565727c6170702d311803")
+    );
+}
+
+#[test]
+fn a_descriptor_with_another_cost_carries_its_own() {
+    let bytes = encode_request(
+        "d",
+        &[
+            descriptor(0, "a", "ip:10.0.0.1", 5),
+            descriptor(1, "all", "global", 1),
+        ],
+    );
+    assert_eq!(
+        bytes,
+        hex("0a016412260a0b0a06706f6c6963791201610a170a086964656e74697479120b69703a31302e302e302e3112270a0d0a06706f6c6963791203616c6c0a120a086964656e746974791206676c6f62616c1a0208011805")
+    );
+}
+
+#[test]
+fn over_limit_reports_the_refusing_status_and_only_rate_limit_headers() {
+    let answer = decode_response(&hex("0802120d08011207086410021a01781828121208021204080a1002220808111080cab5ee011a170a11582d526174654c696d69742d4c696d6974120231301a110a0a7365742d636f6f6b69651203613d622a027a7a")).unwrap();
+    assert_eq!(answer.code, Code::OverLimit);
+    assert_eq!(
+        answer.status,
+        Some((
+            1,
+            Status {
+                limit: 10,
+                unit_seconds: 60,
+                remaining: 0,
+                reset_ns: 17_500_000_000,
+            }
+        ))
+    );
+    // `set-cookie` is not a rate-limit header: dropped.
+    assert_eq!(
+        answer.headers,
+        vec![("x-ratelimit-limit", "10".to_string())]
+    );
+}
+
+#[test]
+fn ok_reports_the_status_with_the_least_remaining() {
+    let answer = decode_response(&hex("0801120e0801120408051001180422020801")).unwrap();
+    assert_eq!(answer.code, Code::Ok);
+    assert_eq!(
+        answer.status,
+        Some((
+            0,
+            Status {
+                limit: 5,
+                unit_seconds: 1,
+                remaining: 4,
+                reset_ns: 1_000_000_000,
+            }
+        ))
+    );
+}
+
+#[test]
+fn an_empty_message_is_unknown_and_garbage_is_not_an_answer() {
+    let answer = decode_response(&[]).unwrap();
+    assert_eq!(answer.code, Code::Unknown);
+    assert_eq!(answer.status, None);
+    // Field 1 as a length-delimited field with a length past the end.
+    assert_eq!(decode_response(&[0x0a, 0x05, 0x01]), None);
+}
+
+#[test]
+fn a_long_identity_is_sent_as_a_hash() {
+    assert_eq!(descriptor_value("sub:i|u"), "sub:i|u");
+    let long = "x".repeat(MAX_VALUE_LEN + 1);
+    let v = descriptor_value(&long);
+    assert!(v.starts_with("hash:") && v.len() == 21, "{v}");
+}
+
+#[test]
+fn a_call_closed_after_its_timeout_is_a_timeout_whatever_its_status() {
+    assert_eq!(failure_of_close(4, 10, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 100, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 90, 100), Failure::Timeout);
+    assert_eq!(failure_of_close(14, 89, 100), Failure::Unavailable);
+    assert_eq!(failure_of_close(2, 0, 100), Failure::Unavailable);
+}

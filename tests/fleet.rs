@@ -1,0 +1,411 @@
+//! Fleet-wide limits through real Envoys: two proxies (2 workers each) share one rate-limit
+//! service (tools/rls: Limitador's engine, Envoy's RLS API) counting in one real `redis-server`.
+//! A fleet policy's capacity holds across both proxies; faults (service slow, stopped, Redis
+//! restarted) follow each proxy's `failureMode`, bounded by `timeoutMs`, counted, no VM crash.
+//!
+//! Needs `MESHGUARD_RLS` (the built tools/rls binary) and `redis-server` on PATH: `make rls`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// The fleet capacity of one identity, per hour (Limitador limit `fleet-user`).
+const CAPACITY: usize = 30;
+/// `rateLimits.service.timeoutMs` of both proxies.
+const TIMEOUT_MS: u64 = 300;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rls_bin() -> PathBuf {
+    let bin = std::env::var_os("MESHGUARD_RLS").map_or_else(
+        || repo().join("tools/rls/target/release/meshguard-rls"),
+        PathBuf::from,
+    );
+    assert!(bin.exists(), "{} missing: run `make rls`", bin.display());
+    bin
+}
+
+/// A child process killed on drop.
+struct Proc {
+    child: Child,
+    what: &'static str,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "---- {} log ----\n{}",
+                self.what,
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn spawn(what: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
+    let log = dir.join(format!("{what}.log"));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    Proc { child, what, log }
+}
+
+fn redis_pong(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+fn start_redis(dir: &Path, port: u16) -> Proc {
+    let p = spawn(
+        "redis",
+        dir,
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir),
+    );
+    eventually("redis answers PING", Duration::from_secs(20), || {
+        redis_pong(port)
+    });
+    p
+}
+
+fn start_rls(dir: &Path, port: u16, redis: u16) -> Proc {
+    let p = spawn(
+        "rls",
+        dir,
+        Command::new(rls_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--limits")
+            .arg(dir.join("limits.yaml"))
+            .args(["--redis", &format!("redis://127.0.0.1:{redis}")])
+            .arg("--delay-file")
+            .arg(dir.join("delay-ms")),
+    );
+    eventually(
+        "the rate-limit service listens",
+        Duration::from_secs(20),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    p
+}
+
+/// Redis, the service, and two proxies: `failureModes` per proxy.
+struct Fleet {
+    dir: PathBuf,
+    redis_port: u16,
+    rls_port: u16,
+    redis: Option<Proc>,
+    rls: Option<Proc>,
+    proxies: Vec<Envoy>,
+    signer: Signer,
+    _idp: JwksServer,
+    _upstream: TestServer,
+    _pki: Pki,
+}
+
+fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
+    let dir = temp_dir(tag);
+    fs::write(
+        dir.join("limits.yaml"),
+        format!(
+            "- namespace: fleet-test\n  name: fleet-user\n  max_value: {CAPACITY}\n  seconds: 3600\n  \
+             conditions: [\"descriptors[0].policy == 'fleet-user'\"]\n  variables: [\"descriptors[0].identity\"]\n"
+        ),
+    )
+    .unwrap();
+    let (redis_port, rls_port) = (free_port(), free_port());
+    let redis = start_redis(&dir, redis_port);
+    let rls = start_rls(&dir, rls_port, redis_port);
+    let signer = Signer::ed25519("ed-1");
+    let jwks_doc = jwks(&[&signer]);
+    let idp = JwksServer::start(jwks_doc.clone());
+    let upstream = echo_upstream();
+    let pki = Pki::new(&dir);
+    let world = World {
+        pki: &pki,
+        upstream_port: upstream.port(),
+        jwks_port: idp.server.port(),
+    };
+    let proxies = failure_modes
+        .iter()
+        .map(|mode| {
+            let plugin = json!({
+                "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks_doc}],
+                "rateLimits": {
+                    "identity": ["sub"],
+                    "service": {"cluster": "ratelimit", "domain": "fleet-test",
+                                "timeoutMs": TIMEOUT_MS, "failureMode": mode},
+                    // The local bucket in front is far above the fleet's capacity.
+                    "policies": {"fleet-user": {"requests": 100000, "per": "1h", "fleet": true}},
+                    "responseHeaders": true
+                },
+                "routes": [
+                    {"match": {"pathPrefixes": ["/heavy"]}, "rateLimit": [{"policy": "fleet-user", "cost": 3}]},
+                    {"match": {"pathPrefixes": ["/"]}, "rateLimit": [{"policy": "fleet-user"}]}
+                ]
+            });
+            Envoy::start(&with_rls_cluster(&bootstrap(&world, &plugin, false), rls_port), 2)
+        })
+        .collect();
+    Fleet {
+        dir,
+        redis_port,
+        rls_port,
+        redis: Some(redis),
+        rls: Some(rls),
+        proxies,
+        signer,
+        _idp: idp,
+        _upstream: upstream,
+        _pki: pki,
+    }
+}
+
+/// The rate-limit service's cluster, HTTP/2 (gRPC), as the README's example has it.
+fn with_rls_cluster(yaml: &str, port: u16) -> String {
+    let cluster = format!(
+        r#"  clusters:
+  - name: ratelimit
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ratelimit
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#
+    );
+    assert!(yaml.contains("  clusters:\n"));
+    yaml.replacen("  clusters:\n", &cluster, 1)
+}
+
+impl Fleet {
+    fn auth(&self, sub: &str) -> String {
+        format!("Bearer {}", self.signer.sign(&claims(json!({"sub": sub}))))
+    }
+
+    fn get(&self, proxy: usize, path: &str, auth: &str) -> (Response, Duration) {
+        let start = Instant::now();
+        let r =
+            Client::plain(self.proxies[proxy].port("plain")).get(path, &[("authorization", auth)]);
+        (r, start.elapsed())
+    }
+
+    fn stat(&self, proxy: usize, name: &str) -> u64 {
+        self.proxies[proxy].meshguard_stat(name)
+    }
+
+    /// The `fleet.*` counters of a proxy, for failure messages.
+    fn fleet_stats(&self, proxy: usize) -> String {
+        let stats = self.proxies[proxy].stats();
+        let lines: Vec<&str> = stats.lines().filter(|l| l.contains(".fleet.")).collect();
+        lines.join("\n")
+    }
+
+    fn assert_no_vm_crash(&self) {
+        for (i, p) in self.proxies.iter().enumerate() {
+            let log = p.log_text();
+            assert!(
+                !log.contains("panicked") && !log.contains("Uncaught"),
+                "proxy {i}: a Wasm VM crashed"
+            );
+        }
+    }
+}
+
+/// `threads` clients, alternating between the two proxies, each sending `per_thread` requests
+/// for `sub` on `path`: how many were admitted.
+fn flood(f: &Fleet, sub: &str, path: &'static str, threads: usize, per_thread: usize) -> usize {
+    let auth = f.auth(sub);
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let ports: Vec<u16> = f.proxies.iter().map(|p| p.port("plain")).collect();
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (auth, admitted, port) = (auth.clone(), admitted.clone(), ports[i % 2]);
+            thread::spawn(move || {
+                let mut c = KeepAlive::new(port);
+                for _ in 0..per_thread {
+                    let r = c.get(path, &[("authorization", &auth)]);
+                    match r.status {
+                        200 => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        429 => assert!(r.header("retry-after").is_some(), "{}", r.describe()),
+                        _ => panic!("unexpected answer: {}", r.describe()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    admitted.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_fleet_capacity_holds_across_two_proxies_under_concurrent_load() {
+    let f = fleet("fleet-cap", ["deny", "deny"]);
+    let run = std::process::id();
+    let mut report = Vec::new();
+    for rep in 0..5 {
+        let sub = format!("user-{run}-{rep}");
+        // 8 clients × 10 requests = 80 requests, half through each proxy.
+        let admitted = flood(&f, &sub, "/api", 8, 10);
+        report.push(admitted);
+        eprintln!(
+            "repetition {rep}: admitted {admitted} of capacity {CAPACITY} (80 sent over 2 proxies)"
+        );
+    }
+    assert_eq!(
+        report,
+        vec![CAPACITY; 5],
+        "admitted per repetition vs capacity {CAPACITY}"
+    );
+
+    // Another identity is unaffected; its answers carry the fleet's numbers.
+    let (r, _) = f.get(1, "/api", &f.auth(&format!("other-{run}")));
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let remaining = r.header("x-ratelimit-remaining").unwrap().to_string();
+    assert_eq!(remaining, (CAPACITY - 1).to_string(), "{}", r.describe());
+
+    // Cost 3: a fresh identity gets CAPACITY / 3 heavy requests, from either proxy.
+    let admitted = flood(&f, &format!("heavy-{run}"), "/heavy", 4, 5);
+    eprintln!("cost 3: admitted {admitted} of {}", CAPACITY / 3);
+    assert_eq!(admitted, CAPACITY / 3);
+
+    // The refusal is the service's: its numbers, Retry-After until its window resets.
+    let (r, _) = f.get(0, "/api", &f.auth(&format!("user-{run}-0")));
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some(&*format!("\"fleet-user\";q={CAPACITY};w=3600"))
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3000..=3600).contains(&retry), "{}", r.describe());
+
+    let over = f.stat(0, "fleet.over_limit") + f.stat(1, "fleet.over_limit");
+    let ok = f.stat(0, "fleet.ok") + f.stat(1, "fleet.ok");
+    assert_eq!(ok as usize, 5 * CAPACITY + 1 + CAPACITY / 3);
+    assert!(over > 0);
+    f.assert_no_vm_crash();
+}
+
+#[test]
+fn faults_follow_the_failure_mode_within_the_timeout() {
+    // Proxy 0 denies when the service fails, proxy 1 lets requests through.
+    let mut f = fleet("fleet-faults", ["deny", "allow"]);
+    let auth = f.auth("fault-user");
+    let bound = Duration::from_millis(TIMEOUT_MS + 700);
+    let check = |f: &Fleet, case: &str, deny_status: u16| {
+        let (r, took) = f.get(0, "/api", &auth);
+        assert_eq!(
+            r.status,
+            deny_status,
+            "{case}, failureMode deny: {}",
+            r.describe()
+        );
+        assert!(took < bound, "{case}: deny took {took:?}");
+        let (r, took) = f.get(1, "/api", &auth);
+        assert_eq!(r.status, 200, "{case}, failureMode allow: {}", r.describe());
+        assert!(took < bound, "{case}: allow took {took:?}");
+    };
+    check(&f, "service up", 200);
+
+    // Slow past the timeout.
+    fs::write(f.dir.join("delay-ms"), "2000").unwrap();
+    check(&f, "service slow", 503);
+    fs::remove_file(f.dir.join("delay-ms")).unwrap();
+    for proxy in [0, 1] {
+        let n = f.stat(proxy, "fleet.failure.timeout");
+        assert!(n >= 1, "proxy {proxy}:\n{}", f.fleet_stats(proxy));
+    }
+    check(&f, "service fast again", 200);
+
+    // Stopped.
+    drop(f.rls.take());
+    check(&f, "service stopped", 503);
+    for proxy in [0, 1] {
+        let n = f.stat(proxy, "fleet.failure.unavailable");
+        assert!(n >= 1, "proxy {proxy}:\n{}", f.fleet_stats(proxy));
+    }
+    f.rls = Some(start_rls(&f.dir, f.rls_port, f.redis_port));
+    eventually(
+        "proxy 0 admits again after the service restarts",
+        Duration::from_secs(20),
+        || f.get(0, "/api", &auth).0.status == 200,
+    );
+
+    // Redis restarted: while it is down the service answers UNKNOWN at once (a broken
+    // connection) or, while its Redis client reconnects, late (a timeout here).
+    let failures = |f: &Fleet, proxy| {
+        f.stat(proxy, "fleet.failure.unknown") + f.stat(proxy, "fleet.failure.timeout")
+    };
+    let before = [failures(&f, 0), failures(&f, 1)];
+    drop(f.redis.take());
+    check(&f, "redis down", 503);
+    check(&f, "redis still down", 503);
+    for proxy in [0, 1] {
+        let n = failures(&f, proxy) - before[proxy];
+        assert!(n >= 2, "proxy {proxy}:\n{}", f.fleet_stats(proxy));
+    }
+    assert!(
+        f.stat(0, "fleet.failure.unknown") + f.stat(1, "fleet.failure.unknown") >= 1,
+        "{}\n{}",
+        f.fleet_stats(0),
+        f.fleet_stats(1)
+    );
+    f.redis = Some(start_redis(&f.dir, f.redis_port));
+    eventually(
+        "proxy 0 admits again after Redis restarts",
+        Duration::from_secs(30),
+        || f.get(0, "/api", &auth).0.status == 200,
+    );
+    check(&f, "redis back", 200);
+
+    assert!(f.stat(0, "denied.rate_limited.service_unavailable") >= 3);
+    f.assert_no_vm_crash();
+}
