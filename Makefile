@@ -73,9 +73,10 @@ run: build
 
 # Side-by-side benchmark: bare Envoy, Envoy's native jwt_authn+rbac+local_ratelimit, an empty
 # proxy-wasm filter (bench/floor), meshguard; plus two ablation variants of meshguard (bench/ablation:
-# no rate limit; buckets per worker instead of shared data) that show where its warm time goes.
+# no rate limit; buckets per worker instead of shared data) that show where its warm time goes, and
+# a fleet workload (W6: meshguard asking tools/rls over redis-server, hence `rls`).
 # Installs wrk (Debian) and the bench's Python packages into the project venv.
-bench: build
+bench: build rls
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	bench/ablation/build.sh
 	@command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }

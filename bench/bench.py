@@ -26,6 +26,17 @@ Workloads (wrk, plaintext HTTP/1.1 keep-alive):
      req/s. Any non-2xx answer stops the bench (an expired, replayed or unrecorded proof would
      be a cheap refusal, not a measurement). Reported beside W1 as dpop_vs_warm_bearer (W5 / W1
      meshguard req/s).
+  W6 fleet limit (meshguard only): W1's load and policy, but the per-identity limit is a fleet
+     policy (`fleet: true`; README "Per proxy or fleet"): after its local bucket, every request
+     pauses for one ShouldRateLimit call through an HTTP/2 Envoy cluster to tools/rls
+     (MESHGUARD_RLS, default tools/rls/target/release/meshguard-rls; `make rls`), Limitador's
+     engine counting in a redis-server (no persistence). The bench starts both once, as its own
+     children on ports picked at run time, waits until they answer, and ends them at exit; they
+     share the machine's 2 cores with Envoy and wrk. The service's limit (FLEET_LIMITS) is as high
+     as the local one, never reached; `timeoutMs` 1000 and `failureMode: deny`, so any non-2xx
+     answer is a real failure and stops the bench. The fleet counters must show a call for every
+     2xx answer (calls_per_request in results.json). Reported as fleet_vs_local (W6 / W1
+     meshguard req/s).
 
 Ablation (W1 only, when bench/ablation/build.sh has built its variant):
   mg-no-limit        meshguard without its rate limit (same config otherwise)
@@ -34,7 +45,8 @@ Ablation (W1 only, when bench/ablation/build.sh has built its variant):
 Each is reported relative to meshguard: what the removed part costs.
 
 Setups are interleaved (bare, native, wasm-floor, meshguard, bare, …) for ROUNDS rounds so drift hits all
-equally; each run starts a fresh Envoy; W5 comes last in each round, after the W1 it is compared with.
+equally; each run starts a fresh Envoy; W5 and W6 come last in each round, after the W1 they are compared
+with.
 Reported numbers are medians over rounds. Writes bench/results.json and bench/chart.png and prints a table.
 """
 
@@ -75,7 +87,14 @@ SETUPS = ["bare", "native", "wasm-floor", "meshguard"]
 # workers, never shipped). Skipped when the ablation build is missing.
 ABLATION_WASM = os.environ.get("ABLATION_WASM", str(ROOT / "target/ablation/wasm32-wasip1/release/meshguard.wasm"))
 ABLATIONS = ["mg-no-limit", "mg-worker-buckets"]
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6"]
+# W6: the rate-limit service (tools/rls, `make rls`: Limitador's engine behind Envoy's RLS API) and
+# the Redis it counts in, both started by the bench; the Limitador namespace (`service.domain`).
+RLS = os.environ.get("MESHGUARD_RLS", str(ROOT / "tools/rls/target/release/meshguard-rls"))
+FLEET_DOMAIN = "bench"
+# Long enough that a loaded machine never turns the RPC's latency into 503s (`failureMode: deny`);
+# a failure of any kind is then a real one, and stops the bench.
+FLEET_TIMEOUT_MS = 1000
 # W5: the origin clients sign in `htu` (the sidecar sees 127.0.0.1:<port>; `publicOrigins` says
 # what the client used), and the path wrk requests (as in every workload).
 DPOP_ORIGIN, DPOP_PATH = "https://api.bench", "/api"
@@ -217,7 +236,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bootstrap(setup: str, jwks_port: int, dpop: dict | None = None) -> str:
+def bootstrap(setup: str, jwks_port: int, dpop: dict | None = None, rls_port: int | None = None) -> str:
     native = f"""
           - name: envoy.filters.http.jwt_authn
             typed_config:
@@ -277,6 +296,23 @@ def bootstrap(setup: str, jwks_port: int, dpop: dict | None = None) -> str:
         del plugin["rateLimits"], plugin["routes"][0]["rateLimit"]
     if dpop:
         plugin["providers"][0]["dpop"] = dpop
+    rls_cluster = ""
+    if rls_port:  # W6: the same limit, also counted fleet-wide by the service
+        plugin["rateLimits"]["service"] = {"cluster": "ratelimit", "domain": FLEET_DOMAIN,
+                                           "timeoutMs": FLEET_TIMEOUT_MS, "failureMode": "deny"}
+        plugin["rateLimits"]["policies"]["high"]["fleet"] = True
+        # HTTP/2 (gRPC), as the README's cluster and tests/fleet.rs have it.
+        rls_cluster = f"""
+  - name: ratelimit
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ratelimit
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {rls_port}}}}}}}}}]}}]"""
     plugin = json.dumps(plugin)
     def wasm_filter(name: str, path: str, configuration: str = "") -> str:
         return f"""
@@ -326,17 +362,17 @@ static_resources:
     connect_timeout: 2s
     load_assignment:
       cluster_name: idp
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {jwks_port}}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {jwks_port}}}}}}}}}]}}]{rls_cluster}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 """
 
 
 class Envoy:
-    def __init__(self, setup: str, jwks_port: int, dpop: dict | None = None):
+    def __init__(self, setup: str, jwks_port: int, dpop: dict | None = None, rls_port: int | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix=f"meshguard-bench-{setup}-"))
         cfg = self.dir / "envoy.yaml"
-        cfg.write_text(bootstrap(setup, jwks_port, dpop))
+        cfg.write_text(bootstrap(setup, jwks_port, dpop, rls_port))
         admin_file = self.dir / "admin.txt"
         self.proc = subprocess.Popen(
             [ENVOY, "-c", str(cfg), "--concurrency", "2", "--use-dynamic-base-id", "-l", "warn",
@@ -365,6 +401,12 @@ class Envoy:
         except urllib.error.HTTPError as e:
             return e.code, ""
 
+    def fleet_counters(self) -> dict:
+        """meshguard's `fleet.<outcome>` counters (not batched: exact when read)."""
+        marker = "meshguard.meshguard.fleet."
+        return {line[line.index(marker) + len(marker):].split(":")[0]: int(line.rsplit(":", 1)[1])
+                for line in self.get("/stats")[1].splitlines() if marker in line}
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -377,6 +419,71 @@ class Envoy:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# W6's limit at the service, in Limitador's format (envoy/examples/saas-api/ratelimit/
+# limitador-limits.yaml): meshguard sends the fleet policy `high` as the descriptor
+# [(policy, high), (identity, <verified identity>)]; as high as the local bucket, never reached.
+FLEET_LIMITS = f"""- namespace: {FLEET_DOMAIN}
+  name: high
+  max_value: 100000000
+  seconds: 1
+  conditions: ["descriptors[0].policy == 'high'"]
+  variables: ["descriptors[0].identity"]
+"""
+
+
+def redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class FleetService:
+    """W6's rate-limit service: a redis-server (no persistence, its own temp dir) and tools/rls
+    counting in it, both children of the bench on ports picked now; stop() ends both."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="meshguard-bench-fleet-"))
+        self.procs = []
+        (self.dir / "limits.yaml").write_text(FLEET_LIMITS)
+        redis_port, self.port = free_port(), free_port()
+        try:
+            self.spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                       lambda: redis_pong(redis_port))
+            rls_log = self.dir / "rls.log"
+            self.spawn("rls", [RLS, "--listen", f"127.0.0.1:{self.port}", "--limits", str(self.dir / "limits.yaml"),
+                               "--redis", f"redis://127.0.0.1:{redis_port}"],
+                       lambda: "listening on" in rls_log.read_text())  # printed once it serves
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn(self, what: str, cmd: list, ready):
+        log = self.dir / f"{what}.log"
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        deadline = time.time() + 20
+        while not ready():
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited:\n{log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                raise SystemExit(f"{what} not ready after 20 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -484,6 +591,8 @@ def wait_admitted(port: int, token: str):
 def main():
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (make bench installs it)")
+    if shutil.which("redis-server") is None or not Path(RLS).exists():
+        raise SystemExit(f"W6 needs redis-server on PATH and {RLS} (MESHGUARD_RLS): make rls")
     out_dir = ROOT / "bench"
     work = Path(tempfile.mkdtemp(prefix="meshguard-bench-"))
     print("minting tokens…", flush=True)
@@ -510,63 +619,82 @@ def main():
     ablations = ABLATIONS if Path(ABLATION_WASM).exists() else []
     if not ablations:
         print(f"note: {ABLATION_WASM} missing (bench/ablation/build.sh): no ablation runs", flush=True)
-    setups_of = lambda w: ["meshguard"] if w == "W5" else SETUPS + (ablations if w == "W1" else [])
+    setups_of = lambda w: ["meshguard"] if w in ("W5", "W6") else SETUPS + (ablations if w == "W1" else [])
     raw = {w: {s: [] for s in setups_of(w)} for w in WORKLOADS}
     rss = {s: [] for s in SETUPS + ablations}
-    for rnd in range(ROUNDS):
-        for workload in WORKLOADS:
-            for setup in setups_of(workload):
-                dpop = None
-                if workload == "W5":  # minted before Envoy starts: the machine is otherwise idle
-                    dpop = mint_dpop_run(work, proof_pems, dpop_tokens, raw["W1"]["meshguard"][-1]["rps"])
-                envoy = Envoy(setup, jwks_port, dpop)
-                try:
-                    # Keys fetched (a token passes), then a warm-up that must be all 2xx.
-                    wait_admitted(envoy.port, warm_rsa[0])
-                    w = wrk(envoy.port, files["warm_rsa"], 8, 1, 1)
-                    if w["non2xx"]:
-                        raise SystemExit(f"{setup}: warm-up got {w['non2xx']} non-2xx answers")
-                    if workload == "W1":
-                        r = wrk(envoy.port, files["warm_rsa"], 64, 2, DURATION)
-                    elif workload == "W3":
-                        r = wrk(envoy.port, files["warm_ec"], 64, 2, DURATION)
-                    elif workload == "W2":
-                        # Each Envoy is fresh, so tokens are new to it; stay within the set.
-                        r = wrk(envoy.port, files["cold"], 64, 2, DURATION)
-                        if r["requests"] > cold_count:
-                            print(f"  note: {setup} W2 used {r['requests']} requests > {cold_count} tokens (some repeats)")
-                    elif workload == "W4":
-                        result = {}
-                        def flood():
-                            result["flood"] = wrk(envoy.port, files["forged"], 58, 1, DURATION)
-                        t = threading.Thread(target=flood)
-                        t.start()
-                        r = wrk(envoy.port, files["warm_rsa"], 6, 1, DURATION)
-                        t.join()
-                        r["flood_rps"] = result["flood"]["rps"]
-                    else:  # W5
-                        # The DPoP-bound tokens' own warm-up (verified once per worker), then the run.
-                        tokens = [str(files["dpop_tokens"])]
-                        w = wrk(envoy.port, work / "proofs_warm.txt", 8, 1, 1, LUA_DPOP, tokens)
-                        r = wrk(envoy.port, work / "proofs_run.txt", 64, 2, DURATION, LUA_DPOP, tokens)
-                        for phase, x in (("warm-up", w), ("run", r)):
-                            if x["non2xx"]:
-                                raise SystemExit(
-                                    f"W5 {phase}: {x['non2xx']} non-2xx answers of {x['requests']}: proofs expired, "
-                                    "replayed (more requests than proofs minted) or not recorded (replay cache full)")
-                        shards, entries = dpop["replayShards"], dpop["replayShardEntries"]
-                        r.update(replay_shards=shards, replay_shard_entries=entries,
-                                 # how full the cache was at the end (uniform shards): its reads grow with it
-                                 replay_fill=(w["requests"] + r["requests"]) / (shards * entries),
-                                 vs_w1_same_round=r["rps"] / raw["W1"]["meshguard"][-1]["rps"])
-                    r["rss_mb"] = envoy.rss_mb()
-                    rss[setup].append(r["rss_mb"])
-                    raw[workload][setup].append(r)
-                    print(f"round {rnd + 1} {workload} {setup:17s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mb']:5.0f} MB"
-                          + (f"  replay cache {r['replay_fill']:.0%} full" if workload == "W5" else ""), flush=True)
-                finally:
-                    envoy.stop()
-    server.shutdown()
+    fleet = FleetService()  # idle (no calls) outside W6
+    try:
+        for rnd in range(ROUNDS):
+            for workload in WORKLOADS:
+                for setup in setups_of(workload):
+                    dpop = None
+                    if workload == "W5":  # minted before Envoy starts: the machine is otherwise idle
+                        dpop = mint_dpop_run(work, proof_pems, dpop_tokens, raw["W1"]["meshguard"][-1]["rps"])
+                    envoy = Envoy(setup, jwks_port, dpop, fleet.port if workload == "W6" else None)
+                    try:
+                        # Keys fetched (a token passes), then a warm-up that must be all 2xx.
+                        wait_admitted(envoy.port, warm_rsa[0])
+                        w = wrk(envoy.port, files["warm_rsa"], 8, 1, 1)
+                        if w["non2xx"]:
+                            raise SystemExit(f"{workload} {setup}: warm-up got {w['non2xx']} non-2xx answers")
+                        if workload == "W1":
+                            r = wrk(envoy.port, files["warm_rsa"], 64, 2, DURATION)
+                        elif workload == "W3":
+                            r = wrk(envoy.port, files["warm_ec"], 64, 2, DURATION)
+                        elif workload == "W2":
+                            # Each Envoy is fresh, so tokens are new to it; stay within the set.
+                            r = wrk(envoy.port, files["cold"], 64, 2, DURATION)
+                            if r["requests"] > cold_count:
+                                print(f"  note: {setup} W2 used {r['requests']} requests > {cold_count} tokens (some repeats)")
+                        elif workload == "W4":
+                            result = {}
+                            def flood():
+                                result["flood"] = wrk(envoy.port, files["forged"], 58, 1, DURATION)
+                            t = threading.Thread(target=flood)
+                            t.start()
+                            r = wrk(envoy.port, files["warm_rsa"], 6, 1, DURATION)
+                            t.join()
+                            r["flood_rps"] = result["flood"]["rps"]
+                        elif workload == "W6":
+                            r = wrk(envoy.port, files["warm_rsa"], 64, 2, DURATION)
+                            if r["non2xx"]:
+                                raise SystemExit(f"W6: {r['non2xx']} non-2xx answers of {r['requests']}: the service "
+                                                 f"failed (503, failureMode deny) or refused (429); see fleet.* in /stats")
+                            # Every admitted request made one call: the probe, the warm-up and the run
+                            # answered 2xx; calls still in flight when wrk stopped come on top.
+                            calls = envoy.fleet_counters()
+                            answered = 1 + w["requests"] + r["requests"]
+                            if calls.get("ok", 0) < answered:
+                                raise SystemExit(f"W6: {answered} requests admitted but fleet counters {calls}: "
+                                                 "the fleet policy was not asked")
+                            r.update(fleet_calls=calls, calls_per_request=sum(calls.values()) / answered,
+                                     vs_w1_same_round=r["rps"] / raw["W1"]["meshguard"][-1]["rps"])
+                        else:  # W5
+                            # The DPoP-bound tokens' own warm-up (verified once per worker), then the run.
+                            tokens = [str(files["dpop_tokens"])]
+                            w = wrk(envoy.port, work / "proofs_warm.txt", 8, 1, 1, LUA_DPOP, tokens)
+                            r = wrk(envoy.port, work / "proofs_run.txt", 64, 2, DURATION, LUA_DPOP, tokens)
+                            for phase, x in (("warm-up", w), ("run", r)):
+                                if x["non2xx"]:
+                                    raise SystemExit(
+                                        f"W5 {phase}: {x['non2xx']} non-2xx answers of {x['requests']}: proofs expired, "
+                                        "replayed (more requests than proofs minted) or not recorded (replay cache full)")
+                            shards, entries = dpop["replayShards"], dpop["replayShardEntries"]
+                            r.update(replay_shards=shards, replay_shard_entries=entries,
+                                     # how full the cache was at the end (uniform shards): its reads grow with it
+                                     replay_fill=(w["requests"] + r["requests"]) / (shards * entries),
+                                     vs_w1_same_round=r["rps"] / raw["W1"]["meshguard"][-1]["rps"])
+                        r["rss_mb"] = envoy.rss_mb()
+                        rss[setup].append(r["rss_mb"])
+                        raw[workload][setup].append(r)
+                        print(f"round {rnd + 1} {workload} {setup:17s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  RSS {r['rss_mb']:5.0f} MB"
+                              + (f"  replay cache {r['replay_fill']:.0%} full" if workload == "W5" else "")
+                              + (f"  {r['calls_per_request']:.3f} calls/request" if workload == "W6" else ""), flush=True)
+                    finally:
+                        envoy.stop()
+    finally:
+        fleet.stop()
+        server.shutdown()
 
     med = lambda xs: statistics.median(xs)
     summary = {w: {s: {k: med([r[k] for r in raw[w][s]]) for k in ("rps", "p50_ms", "p99_ms", "rss_mb")}
@@ -582,6 +710,8 @@ def main():
         "native_flood_legit_p99_vs_warm_p99": summary["W4"]["native"]["p99_ms"] / summary["W1"]["native"]["p99_ms"],
         # A fresh proof per request (W5) against the warm bearer path (W1), both meshguard.
         "dpop_vs_warm_bearer": summary["W5"]["meshguard"]["rps"] / summary["W1"]["meshguard"]["rps"],
+        # One RPC per request to a local rate-limit service (W6) against the local bucket (W1).
+        "fleet_vs_local": summary["W6"]["meshguard"]["rps"] / summary["W1"]["meshguard"]["rps"],
     }
     # Ablation (W1): throughput of each variant relative to meshguard; the gain is what that part costs.
     ablation = {f"{a}_vs_meshguard": summary["W1"][a]["rps"] / summary["W1"]["meshguard"]["rps"] for a in ablations}
@@ -610,14 +740,15 @@ def main():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
     width = 0.2
     for i, s in enumerate(SETUPS):
-        ws = [(j, w) for j, w in enumerate(WORKLOADS) if s in summary[w]]  # W5: meshguard only
+        ws = [(j, w) for j, w in enumerate(WORKLOADS) if s in summary[w]]  # W5, W6: meshguard only
         xs = [j + (i - (len(SETUPS) - 1) / 2) * width for j, _ in ws]
         axes[0].bar(xs, [summary[w][s]["rps"] for _, w in ws], width, label=s)
         axes[1].bar(xs, [summary[w][s]["p99_ms"] for _, w in ws], width, label=s)
-    labels = ["W1 warm RS256", "W2 cold RS256", "W3 warm ES256", "W4 flood (legit)", "W5 DPoP warm\n(meshguard only)"]
+    labels = ["W1 warm RS256", "W2 cold RS256", "W3 warm ES256", "W4 flood (legit)", "W5 DPoP warm\n(meshguard only)",
+              "W6 fleet limit\n(meshguard only)"]
     for ax, title in zip(axes, ["throughput (req/s)", "p99 latency (ms)"]):
         ax.set_xticks(range(len(WORKLOADS)))
         ax.set_xticklabels(labels, fontsize=8)
