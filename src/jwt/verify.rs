@@ -150,7 +150,10 @@ pub fn check_binding<'p>(
         Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
             // DPoP-bound (`jkt`), for a provider with DPoP on: judged with its proof
             // (`engine::dpop`).
-            None if dpop_on && cnf.len() == 1 && cnf.contains_key("jkt") => None,
+            // (A `jkt` that is not a string binds nothing checkable: refused below.)
+            None if dpop_on && cnf.len() == 1 && cnf.get("jkt").is_some_and(|j| j.is_string()) => {
+                None
+            }
             // Bound some other way (`jwk`, …, or `jkt` without DPoP): it must not pass as a
             // bearer token.
             None if !cnf.is_empty() => return Err(TokenError::UnsupportedBinding),

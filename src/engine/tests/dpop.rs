@@ -225,6 +225,25 @@ fn a_dpop_bound_token_sent_as_bearer_is_refused() {
 }
 
 #[test]
+fn a_jkt_that_is_not_a_string_binds_nothing_and_is_refused_either_way() {
+    let keys = TestKeys::new();
+    let e = dpop_engine(&keys, json!({}), json!({}));
+    let token = keys.es256(claims(json!({"cnf": {"jkt": 42}})));
+    let host = Host::new(&e);
+    for scheme in ["Bearer", "DPoP"] {
+        let Decision::Deny(r) = host.send(&headers(Some(&format!("{scheme} {token}")), None))
+        else {
+            panic!("a token with a non-string cnf.jkt passed as {scheme}")
+        };
+        assert_eq!(
+            r.reason,
+            Reason::InvalidToken(TokenError::UnsupportedBinding),
+            "{scheme}"
+        );
+    }
+}
+
+#[test]
 fn a_proof_by_another_key_than_the_tokens_is_refused() {
     let keys = TestKeys::new();
     let e = dpop_engine(&keys, json!({}), json!({}));
