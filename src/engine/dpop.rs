@@ -151,7 +151,11 @@ pub fn settle(
     inputs: &Inputs<'_>,
     events: &mut Events,
 ) -> Option<LocalReply> {
-    let cache = engine.replay.get(owed.provider)?.as_ref()?;
+    // The caches are built from the same configuration as the plan; were one missing, the
+    // proof could not be recorded: refused like a cache that cannot record it.
+    let Some(cache) = engine.replay.get(owed.provider).and_then(Option::as_ref) else {
+        return Some(engine.answers.refuse(Reason::DpopUnavailable));
+    };
     let now_s = inputs.now_ns / 1_000_000_000;
     let reason = match cache.record(inputs.buckets, owed.hash, owed.until, now_s) {
         Ok(()) => return None,

@@ -45,7 +45,10 @@ pub(super) fn plan(
             let limit = rl.limits.get(policy)?;
             let who = match limit.by {
                 LimitBy::Global => "global".to_string(),
-                LimitBy::SourceIp | LimitBy::Identity => identity
+                // Per source address, as the policy's local bucket counts it: never the
+                // caller's token identity (rotating tokens must not escape a per-IP limit).
+                LimitBy::SourceIp => engine.slots.fleet_source_ip(peer),
+                LimitBy::Identity => identity
                     .get_or_insert_with(|| engine.slots.fleet_identity(rl, peer, principal))
                     .clone(),
             };

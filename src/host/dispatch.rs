@@ -218,15 +218,24 @@ fn fleet_waiter(root: u32, token: u32) -> Option<u32> {
     id
 }
 
+/// Largest rate-limit service answer read (bytes).
+const MAX_RLS_ANSWER_BYTES: usize = 16 * 1024;
+
 /// A gRPC call's response message: to the request that waits for it.
 #[no_mangle]
 pub extern "C" fn proxy_on_grpc_receive(id: u32, token: u32, size: usize) {
     let Some(filter) = fleet_waiter(id, token) else {
         return; // its request is gone
     };
-    let message = abi::buffer(BufferType::GrpcReceive, 0, size)
-        .map(Option::unwrap_or_default)
-        .map_err(|_| GrpcEnd::Unreadable);
+    // A `ShouldRateLimitResponse` meshguard uses is a few hundred bytes: a larger one is
+    // refused unread (as unreadable), so a faulty service cannot fill the VM's memory.
+    let message = if size > MAX_RLS_ANSWER_BYTES {
+        Err(GrpcEnd::Unreadable)
+    } else {
+        abi::buffer(BufferType::GrpcReceive, 0, size)
+            .map(Option::unwrap_or_default)
+            .map_err(|_| GrpcEnd::Unreadable)
+    };
     if abi::set_effective_context(filter).is_ok() {
         with_filter(filter, |f| f.on_grpc_answer(token, message));
     }

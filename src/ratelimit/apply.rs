@@ -232,6 +232,12 @@ impl Slots {
         fleet::descriptor_value(&found.unwrap_or_else(|| source_ip_identity(peer)))
     }
 
+    /// The fleet descriptor value of the caller's source address (a `key: sourceIp` policy),
+    /// as the local bucket of the same policy counts it.
+    pub fn fleet_source_ip(&self, peer: &Peer) -> String {
+        fleet::descriptor_value(&source_ip_identity(peer))
+    }
+
     /// The slot hash of the caller's rate-limit identity: the first configured source that is
     /// available, else the source IP. A token's claim-based identity was hashed once, when it
     /// was verified ([`Principal::rate_identity`]); peer facts are read per request.

@@ -191,3 +191,60 @@ fn a_fleet_policy_needs_the_service() {
         "{err}"
     );
 }
+
+/// A `key: sourceIp` fleet policy counts the caller's address, as its local bucket does, even
+/// when the caller has another identity (here a mesh peer's SPIFFE ID): rotating identities
+/// must not escape a per-IP limit.
+#[test]
+fn a_source_ip_policy_asks_for_the_address_not_the_identity() {
+    let keys = TestKeys::new();
+    let top = json!({
+        "rateLimits": {
+            "identity": ["spiffeId"],
+            "service": {"cluster": "rls", "domain": "saas-api", "timeoutMs": 50},
+            "policies": {
+                "per-ip": {"requests": 10, "per": "1m", "key": "sourceIp", "fleet": true},
+                "per-caller": {"requests": 10, "per": "1m", "fleet": true}
+            }
+        },
+        "routes": [{"match": {"pathPrefixes": ["/"]}, "token": "none",
+                    "rateLimit": [{"policy": "per-ip"}, {"policy": "per-caller"}]}]
+    });
+    let config = parse_config(&config_doc(keys.jwks(), json!({}), top)).unwrap();
+    let e = Engine::new(config, "test", [7u8; 16]);
+    let store = MemStore::for_engine(&e);
+    let peer = crate::identity::Peer::from(PeerInfo {
+        mtls: true,
+        uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
+        source_address: Some("10.0.0.1:4000".into()),
+        ..PeerInfo::default()
+    });
+    let owned = [
+        (":authority".to_string(), b"api".to_vec()),
+        (":method".to_string(), b"GET".to_vec()),
+    ];
+    let headers = crate::request::borrowed(&owned);
+    let req = RequestView {
+        path: "/",
+        headers: &headers,
+        peer: &peer,
+    };
+    let inputs = Inputs {
+        keys: &NoKeys,
+        buckets: &store,
+        crypto: None,
+        cache: None,
+        now_ns: NOW * 1_000_000_000,
+    };
+    let mut plan = e.decide(&req, &inputs, &mut Events::default());
+    let message = plan.take_fleet().unwrap().message;
+    let text = String::from_utf8_lossy(&message);
+    // The per-ip descriptor carries the address; the per-caller one the SPIFFE ID.
+    let ip = text.find("ip:10.0.0.1").expect("the address is sent");
+    let spiffe = text
+        .find("spiffe:spiffe://cluster.local/ns/web/sa/frontend")
+        .expect("the identity is sent");
+    assert!(text.find("per-ip").unwrap() < ip && ip < text.find("per-caller").unwrap());
+    assert!(text.find("per-caller").unwrap() < spiffe);
+    assert_eq!(text.matches("ip:10.0.0.1").count(), 1, "{text}");
+}
