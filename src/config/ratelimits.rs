@@ -44,6 +44,8 @@ pub(super) struct RawRateLimits {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawService {
     cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
     domain: String,
     #[serde(default)]
     timeout_ms: Option<u32>,
@@ -315,6 +317,7 @@ const MAX_DOMAIN_LEN: usize = 128;
 fn service(at: &str, raw: RawService) -> Result<Service, ConfigError> {
     let RawService {
         cluster,
+        authority,
         domain,
         timeout_ms,
         failure_mode,
@@ -339,8 +342,24 @@ fn service(at: &str, raw: RawService) -> Result<Service, ConfigError> {
             format!("must be between 1 and {MAX_FLEET_TIMEOUT_MS}"),
         ));
     }
+    let authority =
+        authority.unwrap_or_else(|| crate::ratelimit::fleet::default_authority(&cluster).into());
+    if authority.is_empty()
+        || authority.len() > MAX_CLUSTER_LEN
+        || !authority
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"|\"\\/?#@".contains(&b))
+    {
+        return Err(ConfigError::new(
+            field("authority"),
+            format!("a host[:port] of 1 to {MAX_CLUSTER_LEN} bytes (printable ASCII, no spaces, no | / ? # @)"),
+        ));
+    }
+    let target = crate::ratelimit::fleet::grpc_target(&cluster, &authority);
     Ok(Service {
         cluster,
+        authority,
+        target,
         domain,
         timeout_ms,
         fail_open: matches!(failure_mode, Some(RawContention::Allow)),

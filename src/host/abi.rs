@@ -360,8 +360,9 @@ pub fn http_call(cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> H
 /// in `proxy_on_grpc_receive` (the response message) or `proxy_on_grpc_close` (a gRPC status:
 /// timeout, no connection…) of the root context, with the returned token. `BadArgument` /
 /// `ParseFailure`: no such cluster.
+/// `target`: an encoded `envoy.config.core.v3.GrpcService` (or a bare cluster name).
 pub fn grpc_call(
-    cluster: &str,
+    target: &[u8],
     service: &str,
     method: &str,
     message: &[u8],
@@ -372,8 +373,8 @@ pub fn grpc_call(
     // SAFETY: pointers/lengths of live slices; `token` is a live local.
     check(unsafe {
         raw::proxy_grpc_call(
-            cluster.as_ptr(),
-            cluster.len(),
+            target.as_ptr(),
+            target.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),

@@ -184,7 +184,7 @@ impl Filter {
             return self.apply(decision, peer);
         }
         match abi::grpc_call(
-            &service.cluster,
+            &service.target,
             fleet::GRPC_SERVICE,
             fleet::GRPC_METHOD,
             &call.message,

@@ -13,6 +13,12 @@ use crate::jwt::principal::header_safe;
 pub struct Service {
     /// The Envoy cluster of the rate-limit service (HTTP/2).
     pub cluster: String,
+    /// The `:authority` of the calls: `authority` as configured, else the host of an Istio
+    /// cluster name (`outbound|<port>|<subset>|<host>`), else the cluster name.
+    pub authority: String,
+    /// What `proxy_grpc_call` is given: an encoded `envoy.config.core.v3.GrpcService` naming the
+    /// cluster and the authority (built once; see [`grpc_target`]).
+    pub target: Vec<u8>,
     /// The request's `domain` (Limitador's namespace).
     pub domain: String,
     /// The longest a request waits for the answer.
@@ -20,6 +26,54 @@ pub struct Service {
     /// What a failure (timeout, no connection, `UNKNOWN`, an unreadable answer) does: `true`
     /// lets the request through, `false` answers 503.
     pub fail_open: bool,
+}
+
+/// `envoy.config.core.v3.GrpcService` with its `envoy_grpc` target (the fields meshguard sets).
+#[derive(Clone, PartialEq, prost::Message)]
+struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<EnvoyGrpc>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "2")]
+    authority: String,
+}
+
+/// The `proxy_grpc_call` target: a `GrpcService` naming `cluster` and `authority`. Given a bare
+/// cluster name instead, Envoy uses the name as the calls' `:authority`, which an Istio cluster
+/// name (`outbound|8081||rls.svc`, with `|`) is not; and a name could happen to parse as a
+/// protobuf. An explicit message has neither problem.
+pub fn grpc_target(cluster: &str, authority: &str) -> Vec<u8> {
+    use prost::Message as _;
+    GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.to_string(),
+            authority: authority.to_string(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// The default `:authority` for `cluster`: the host of an Istio cluster name
+/// (`outbound|<port>|<subset>|<host>`), else the cluster name itself.
+pub fn default_authority(cluster: &str) -> &str {
+    let mut parts = cluster.split('|');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("outbound" | "inbound"), Some(_), Some(_), Some(host), None) if !host.is_empty() => {
+            host
+        }
+        _ => cluster,
+    }
 }
 
 /// The gRPC service and method meshguard calls.

@@ -248,3 +248,36 @@ fn a_source_ip_policy_asks_for_the_address_not_the_identity() {
     assert!(text.find("per-caller").unwrap() < spiffe);
     assert_eq!(text.matches("ip:10.0.0.1").count(), 1, "{text}");
 }
+
+#[test]
+fn the_service_authority_defaults_from_the_cluster_and_is_checked() {
+    let keys = TestKeys::new();
+    let with = |service: serde_json::Value| {
+        let top = json!({"rateLimits": {"policies": {"p": {"requests": 1, "per": "1s", "fleet": true}},
+            "service": service}});
+        parse_config(&config_doc(keys.jwks(), json!({}), top))
+    };
+    let istio =
+        with(json!({"cluster": "outbound|8081||rls.infra.svc.cluster.local", "domain": "d"}))
+            .unwrap();
+    let service = &istio.rate_limits.unwrap().fleet.unwrap().service;
+    assert_eq!(service.authority, "rls.infra.svc.cluster.local");
+    let given =
+        with(json!({"cluster": "rls", "authority": "rls.example:8081", "domain": "d"})).unwrap();
+    assert_eq!(
+        given.rate_limits.unwrap().fleet.unwrap().service.authority,
+        "rls.example:8081"
+    );
+    for bad in [
+        json!({"cluster": "a|b", "domain": "d"}),
+        json!({"cluster": "rls", "authority": "", "domain": "d"}),
+        json!({"cluster": "rls", "authority": "rls svc", "domain": "d"}),
+        json!({"cluster": "rls", "authority": "rls/x", "domain": "d"}),
+    ] {
+        let err = with(bad.clone()).unwrap_err();
+        assert!(
+            err.to_string().contains("rateLimits.service.authority"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -111,3 +111,29 @@ fn a_call_closed_after_its_timeout_is_a_timeout_whatever_its_status() {
     assert_eq!(failure_of_close(14, 89, 100), Failure::Unavailable);
     assert_eq!(failure_of_close(2, 0, 100), Failure::Unavailable);
 }
+
+#[test]
+fn the_call_target_is_a_grpc_service_naming_cluster_and_authority() {
+    // GrpcService { envoy_grpc (1) { cluster_name (1): "rls", authority (2): "rls.svc" } },
+    // written out by hand from envoy/config/core/v3/grpc_service.proto's field numbers.
+    let expected: Vec<u8> = [
+        &[0x0a, 0x0e, 0x0a, 0x03][..],
+        b"rls",
+        &[0x12, 0x07],
+        b"rls.svc",
+    ]
+    .concat();
+    assert_eq!(grpc_target("rls", "rls.svc"), expected);
+}
+
+#[test]
+fn an_istio_cluster_name_gives_its_host_as_the_authority() {
+    assert_eq!(
+        default_authority("outbound|8081||ratelimit.infra.svc.cluster.local"),
+        "ratelimit.infra.svc.cluster.local"
+    );
+    assert_eq!(default_authority("outbound|8081|v1|rls.svc"), "rls.svc");
+    assert_eq!(default_authority("ratelimit"), "ratelimit");
+    assert_eq!(default_authority("outbound|8081||"), "outbound|8081||");
+    assert_eq!(default_authority("a|b|c|d|e"), "a|b|c|d|e");
+}
