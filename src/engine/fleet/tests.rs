@@ -41,10 +41,20 @@ fn engine(local: u64, failure_mode: &str) -> Engine {
 
 /// Decides and settles one request from 10.0.0.1 on `store`: the decision and the fleet call.
 fn local(engine: &Engine, store: &MemStore) -> (Decision, Option<FleetCall>) {
-    let peer = crate::identity::Peer::from(PeerInfo {
+    let peer = PeerInfo {
         source_address: Some("10.0.0.1:4000".into()),
         ..PeerInfo::default()
-    });
+    };
+    request_from(engine, store, peer)
+}
+
+/// Decides and settles one `GET /projects` from `peer` on `store`.
+fn request_from(
+    engine: &Engine,
+    store: &MemStore,
+    peer: PeerInfo,
+) -> (Decision, Option<FleetCall>) {
+    let peer = crate::identity::Peer::from(peer);
     let owned = [
         (":authority".to_string(), b"api".to_vec()),
         (":method".to_string(), b"GET".to_vec()),
@@ -213,31 +223,13 @@ fn a_source_ip_policy_asks_for_the_address_not_the_identity() {
     let config = parse_config(&config_doc(keys.jwks(), json!({}), top)).unwrap();
     let e = Engine::new(config, "test", [7u8; 16]);
     let store = MemStore::for_engine(&e);
-    let peer = crate::identity::Peer::from(PeerInfo {
+    let peer = PeerInfo {
         mtls: true,
         uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
         source_address: Some("10.0.0.1:4000".into()),
         ..PeerInfo::default()
-    });
-    let owned = [
-        (":authority".to_string(), b"api".to_vec()),
-        (":method".to_string(), b"GET".to_vec()),
-    ];
-    let headers = crate::request::borrowed(&owned);
-    let req = RequestView {
-        path: "/",
-        headers: &headers,
-        peer: &peer,
     };
-    let inputs = Inputs {
-        keys: &NoKeys,
-        buckets: &store,
-        crypto: None,
-        cache: None,
-        now_ns: NOW * 1_000_000_000,
-    };
-    let mut plan = e.decide(&req, &inputs, &mut Events::default());
-    let message = plan.take_fleet().unwrap().message;
+    let message = request_from(&e, &store, peer).1.unwrap().message;
     let text = String::from_utf8_lossy(&message);
     // The per-ip descriptor carries the address; the per-caller one the SPIFFE ID.
     let ip = text.find("ip:10.0.0.1").expect("the address is sent");
