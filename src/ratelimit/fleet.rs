@@ -85,12 +85,49 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// At most this many of the service's `response_headers_to_add` are copied to an answer.
 pub const MAX_SERVICE_HEADERS: usize = 8;
 
+/// At most this many entries a fleet policy adds to its descriptor (`fleet.entries`).
+pub const MAX_ENTRIES: usize = 4;
+/// The longest value of such an entry (bytes); a longer claim value counts as absent.
+pub const MAX_ENTRY_VALUE_LEN: usize = 64;
+/// The entry keys meshguard always sends: configured entries cannot take them.
+pub const RESERVED_KEYS: [&str; 2] = ["policy", "identity"];
+
+/// An entry a fleet policy adds to its descriptor after `policy` and `identity`
+/// (`policies.<name>.fleet.entries[]`): a key and where its value comes from, always a verified
+/// fact, never a client header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySpec {
+    pub key: String,
+    pub value: EntryValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryValue {
+    /// The matched route's name (`routes[].name`, else `routes[<i>]`).
+    Route,
+    /// A string claim of the verified token. When the request has no verified token, the claim
+    /// is missing, is not a string, is longer than [`MAX_ENTRY_VALUE_LEN`] or holds a control
+    /// character, the value is `default`; without a `default` the entry is left out and the
+    /// request is counted under the shorter descriptor.
+    Claim {
+        path: Vec<String>,
+        default: Option<String>,
+    },
+}
+
+/// The value of a claim entry from the claim as the token has it (`None`: absent or unusable).
+pub fn claim_entry_value(claim: Option<&serde_json::Value>) -> Option<String> {
+    let s = claim?.as_str()?;
+    (s.len() <= MAX_ENTRY_VALUE_LEN && !s.chars().any(char::is_control)).then(|| s.to_string())
+}
+
 /// One descriptor: the policy it counts against and the caller it counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// Index of the policy in `rateLimits.policies`.
     pub policy: usize,
-    pub entries: Vec<(&'static str, String)>,
+    /// `(key, value)` in order: `policy`, `identity`, then the policy's configured entries.
+    pub entries: Vec<(String, String)>,
     /// What this request costs against it (the route's `cost`).
     pub cost: u64,
 }
@@ -191,7 +228,7 @@ pub fn encode_request(domain: &str, descriptors: &[Descriptor]) -> Vec<u8> {
                     .entries
                     .iter()
                     .map(|(k, v)| Entry {
-                        key: (*k).to_string(),
+                        key: k.clone(),
                         value: v.clone(),
                     })
                     .collect(),

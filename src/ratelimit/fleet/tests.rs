@@ -8,7 +8,10 @@ use crate::testkit::hex;
 fn descriptor(policy: usize, name: &str, identity: &str, cost: u64) -> Descriptor {
     Descriptor {
         policy,
-        entries: vec![("policy", name.into()), ("identity", identity.into())],
+        entries: vec![
+            ("policy".into(), name.into()),
+            ("identity".into(), identity.into()),
+        ],
         cost,
     }
 }
