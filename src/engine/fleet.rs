@@ -130,11 +130,11 @@ impl Engine {
                 Code::Unknown => Outcome::Failed(Failure::Unknown),
             },
         };
-        events.fleet = Some(outcome);
         let route = route_name(self, call.route);
         let caller = call.caller.as_deref();
         let answer = match (outcome, decoded) {
             (Outcome::Failed(_), _) | (_, Err(_)) => {
+                events.fleet = Some(outcome);
                 if fleet.service.fail_open {
                     return decision;
                 }
@@ -146,6 +146,10 @@ impl Engine {
         let numbers = answer
             .status
             .and_then(|(i, s)| Some((self.fleet_limit(call.policies.get(i)?, &s)?, s)));
+        events.fleet = Some(match outcome {
+            Outcome::Ok if numbers.is_none() => Outcome::OkNoLimit,
+            other => other,
+        });
         if outcome == Outcome::OverLimit {
             let mut reply = match &numbers {
                 Some((limit, s)) => {

@@ -380,36 +380,46 @@ pub enum Failure {
     Unknown,
     /// The answer was not a `RateLimitResponse`.
     Malformed,
+    /// Envoy never reported the call's end: meshguard's own deadline (`timeoutMs` plus a
+    /// margin, checked on the worker's timer) ended the wait.
+    Deadline,
 }
 
 /// Every outcome of a fleet call, each with its metric `fleet.<code>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// `OK` without a status naming a limit (`current_limit`): no limit of the service matched
+    /// the descriptors. Allowed, without `RateLimit` headers (there are no numbers).
+    OkNoLimit,
     OverLimit,
     Failed(Failure),
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ok,
+        Outcome::OkNoLimit,
         Outcome::OverLimit,
         Outcome::Failed(Failure::Dispatch),
         Outcome::Failed(Failure::Timeout),
         Outcome::Failed(Failure::Unavailable),
         Outcome::Failed(Failure::Unknown),
         Outcome::Failed(Failure::Malformed),
+        Outcome::Failed(Failure::Deadline),
     ];
 
     pub const fn code(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::OkNoLimit => "ok_no_limit",
             Outcome::OverLimit => "over_limit",
             Outcome::Failed(Failure::Dispatch) => "failure.dispatch",
             Outcome::Failed(Failure::Timeout) => "failure.timeout",
             Outcome::Failed(Failure::Unavailable) => "failure.unavailable",
             Outcome::Failed(Failure::Unknown) => "failure.unknown",
             Outcome::Failed(Failure::Malformed) => "failure.malformed",
+            Outcome::Failed(Failure::Deadline) => "failure.deadline",
         }
     }
 }
@@ -425,6 +435,87 @@ pub fn failure_of_close(status: u32, elapsed_ms: u64, timeout_ms: u32) -> Failur
         Failure::Timeout
     } else {
         Failure::Unavailable
+    }
+}
+
+/// How much longer than `timeoutMs` a request waits for Envoy to report its call's end before
+/// meshguard ends the wait itself ([`Failure::Deadline`]): Envoy's own timer fires first.
+pub const DEADLINE_MARGIN_MS: u64 = 250;
+
+/// The fleet calls one worker's requests wait for: call token → the waiting HTTP context and
+/// the deadline (ms since the epoch) after which meshguard ends the wait itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waits {
+    calls: std::collections::BTreeMap<u32, (u32, u64)>,
+}
+
+impl Waits {
+    /// Context `context` waits for call `token`, started at `now_ms` with `timeout_ms`.
+    pub fn start(&mut self, token: u32, context: u32, now_ms: u64, timeout_ms: u32) {
+        let deadline = now_ms
+            .saturating_add(u64::from(timeout_ms))
+            .saturating_add(DEADLINE_MARGIN_MS);
+        self.calls.insert(token, (context, deadline));
+    }
+
+    /// The context waiting for call `token` (it stays registered until [`Waits::end`]).
+    pub fn waiter(&self, token: u32) -> Option<u32> {
+        self.calls.get(&token).map(|(context, _)| *context)
+    }
+
+    /// Call `token` is no longer waited for (answered, or its request is gone).
+    pub fn end(&mut self, token: u32) {
+        self.calls.remove(&token);
+    }
+
+    /// Removes and returns (token, context) of the calls past their deadline at `now_ms`, or of
+    /// all calls when `None` (the root context is going away).
+    pub fn expire(&mut self, now_ms: Option<u64>) -> Vec<(u32, u32)> {
+        let due: Vec<(u32, u32)> = self
+            .calls
+            .iter()
+            .filter(|(_, (_, deadline))| now_ms.is_none_or(|now| *deadline <= now))
+            .map(|(token, (context, _))| (*token, *context))
+            .collect();
+        for (token, _) in &due {
+            self.calls.remove(token);
+        }
+        due
+    }
+}
+
+/// Warn lines about failed calls, per worker: at most [`LogBudget::LINES`] per
+/// [`LogBudget::WINDOW_MS`]; the first line of a later window says how many were left out. A
+/// service that is down fails every request, and one log line per request would flood Envoy's
+/// log (the `fleet.failure.*` counters count every one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBudget {
+    /// When the current window began (`None`: no line yet).
+    window_start_ms: Option<u64>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    pub const LINES: u32 = 5;
+    pub const WINDOW_MS: u64 = 10_000;
+
+    /// May a line be logged at `now_ms`? `Some(n)`: yes, and `n` lines were left out before it
+    /// (to be said in it); `None`: no (counted).
+    pub fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        let current = self
+            .window_start_ms
+            .is_some_and(|start| (start..start.saturating_add(Self::WINDOW_MS)).contains(&now_ms));
+        if !current {
+            self.window_start_ms = Some(now_ms);
+            self.used = 0;
+        }
+        if self.used >= Self::LINES {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 

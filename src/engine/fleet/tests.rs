@@ -171,9 +171,34 @@ fn ok_lets_the_request_through_with_the_fleets_remaining() {
     assert_eq!(events.fleet, Some(Outcome::Ok));
 }
 
+/// `OK` with no status naming a limit (no limit of the service matched): allowed, no fleet
+/// numbers to show, counted under its own outcome.
+#[test]
+fn ok_without_a_limit_is_allowed_and_counted_apart() {
+    let e = engine(10, "deny");
+    let (d, events) = settle(&e, Ok(&hex("0801")));
+    let Decision::Allow(fwd) = d else {
+        panic!("denied")
+    };
+    // Only the local bucket's numbers (10 a minute, cost 2: 8 left).
+    assert_eq!(
+        header(&fwd.response_headers, "ratelimit"),
+        Some("\"shared\";r=8;t=12")
+    );
+    assert_eq!(events.fleet, Some(Outcome::OkNoLimit));
+    // The same with a status that names no limit.
+    let (_, events) = settle(&e, Ok(&hex("080112021801")));
+    assert_eq!(events.fleet, Some(Outcome::OkNoLimit));
+}
+
 #[test]
 fn failures_follow_the_failure_mode() {
-    for failure in [Failure::Timeout, Failure::Unavailable, Failure::Dispatch] {
+    for failure in [
+        Failure::Timeout,
+        Failure::Unavailable,
+        Failure::Dispatch,
+        Failure::Deadline,
+    ] {
         let (d, events) = settle(&engine(10, "deny"), Err(failure));
         let reply = denied(d);
         assert_eq!(
