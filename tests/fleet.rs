@@ -20,7 +20,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,10 @@ use serde_json::json;
 const CAPACITY: usize = 30;
 /// `rateLimits.service.timeoutMs` of both proxies.
 const TIMEOUT_MS: u64 = 300;
+/// The fleet quotas of plans `free` and `pro` on route `plans`, per identity and hour
+/// (Limitador limits `plan-free`, `plan-pro`).
+const FREE: usize = 3;
+const PRO: usize = 6;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -130,6 +134,10 @@ fn start_rls(dir: &Path, port: u16, redis: u16) -> Proc {
     p
 }
 
+/// One fleet (2 Envoys, a service, a Redis) at a time: this machine has 2 cores, and with three
+/// fleets at once a first call could miss its 300 ms timeout (seen once).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Redis, the service, and two proxies: `failureModes` per proxy.
 struct Fleet {
     dir: PathBuf,
@@ -142,15 +150,27 @@ struct Fleet {
     _idp: JwksServer,
     _upstream: TestServer,
     _pki: Pki,
+    /// Held for the fleet's life (declared last: fields drop in order, so after the processes).
+    _turn: MutexGuard<'static, ()>,
 }
 
 fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
+    // A test that failed while holding the turn poisons it: the next one may still run.
+    let turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = temp_dir(tag);
     fs::write(
         dir.join("limits.yaml"),
         format!(
             "- namespace: fleet-test\n  name: fleet-user\n  max_value: {CAPACITY}\n  seconds: 3600\n  \
-             conditions: [\"descriptors[0].policy == 'fleet-user'\"]\n  variables: [\"descriptors[0].identity\"]\n"
+             conditions: [\"descriptors[0].policy == 'fleet-user'\"]\n  variables: [\"descriptors[0].identity\"]\n\
+             - namespace: fleet-test\n  name: plan-free\n  max_value: {FREE}\n  seconds: 3600\n  \
+             conditions: [\"descriptors[0].policy == 'per-plan'\", \"descriptors[0].route == 'plans'\", \
+             \"descriptors[0].plan == 'free'\"]\n  variables: [\"descriptors[0].identity\"]\n\
+             - namespace: fleet-test\n  name: plan-pro\n  max_value: {PRO}\n  seconds: 3600\n  \
+             conditions: [\"descriptors[0].policy == 'per-plan'\", \"descriptors[0].route == 'plans'\", \
+             \"descriptors[0].plan == 'pro'\"]\n  variables: [\"descriptors[0].identity\"]\n"
         ),
     )
     .unwrap();
@@ -177,10 +197,17 @@ fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
                     "service": {"cluster": "ratelimit", "domain": "fleet-test",
                                 "timeoutMs": TIMEOUT_MS, "failureMode": mode},
                     // The local bucket in front is far above the fleet's capacity.
-                    "policies": {"fleet-user": {"requests": 100000, "per": "1h", "fleet": true}},
+                    "policies": {
+                        "fleet-user": {"requests": 100000, "per": "1h", "fleet": true},
+                        // Fleet-only, counted per plan: the service's limits pick the quota.
+                        "per-plan": {"fleet": {"entries": [
+                            {"key": "route"}, {"key": "plan", "claim": "plan", "default": "free"}
+                        ]}}
+                    },
                     "responseHeaders": true
                 },
                 "routes": [
+                    {"name": "plans", "match": {"pathPrefixes": ["/plans"]}, "rateLimit": [{"policy": "per-plan"}]},
                     {"match": {"pathPrefixes": ["/heavy"]}, "rateLimit": [{"policy": "fleet-user", "cost": 3}]},
                     {"match": {"pathPrefixes": ["/"]}, "rateLimit": [{"policy": "fleet-user"}]}
                 ]
@@ -199,6 +226,7 @@ fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
         _idp: idp,
         _upstream: upstream,
         _pki: pki,
+        _turn: turn,
     }
 }
 
@@ -224,7 +252,11 @@ fn with_rls_cluster(yaml: &str, port: u16) -> String {
 
 impl Fleet {
     fn auth(&self, sub: &str) -> String {
-        format!("Bearer {}", self.signer.sign(&claims(json!({"sub": sub}))))
+        self.auth_with(json!({"sub": sub}))
+    }
+
+    fn auth_with(&self, extra: serde_json::Value) -> String {
+        format!("Bearer {}", self.signer.sign(&claims(extra)))
     }
 
     fn get(&self, proxy: usize, path: &str, auth: &str) -> (Response, Duration) {
@@ -259,12 +291,16 @@ impl Fleet {
 /// `threads` clients, alternating between the two proxies, each sending `per_thread` requests
 /// for `sub` on `path`: how many were admitted.
 fn flood(f: &Fleet, sub: &str, path: &'static str, threads: usize, per_thread: usize) -> usize {
-    let auth = f.auth(sub);
+    flood_as(f, &f.auth(sub), path, threads, per_thread)
+}
+
+/// [`flood`] with the given `authorization`.
+fn flood_as(f: &Fleet, auth: &str, path: &'static str, threads: usize, per_thread: usize) -> usize {
     let admitted = Arc::new(AtomicUsize::new(0));
     let ports: Vec<u16> = f.proxies.iter().map(|p| p.port("plain")).collect();
     let handles: Vec<_> = (0..threads)
         .map(|i| {
-            let (auth, admitted, port) = (auth.clone(), admitted.clone(), ports[i % 2]);
+            let (auth, admitted, port) = (auth.to_string(), admitted.clone(), ports[i % 2]);
             thread::spawn(move || {
                 let mut c = KeepAlive::new(port);
                 for _ in 0..per_thread {
@@ -407,5 +443,38 @@ fn faults_follow_the_failure_mode_within_the_timeout() {
     check(&f, "redis back", 200);
 
     assert!(f.stat(0, "denied.rate_limited.service_unavailable") >= 3);
+    f.assert_no_vm_crash();
+}
+
+/// A fleet-only policy whose descriptor carries the route's name and the token's `plan` claim:
+/// the service counts each plan against its own quota, across both proxies; a token without
+/// the claim is counted as its default (`free`); a plan the service has no limit for is let
+/// through and counted under `fleet.ok_no_limit`.
+#[test]
+fn descriptor_entries_pick_the_services_limit_per_plan() {
+    let f = fleet("fleet-plans", ["deny", "deny"]);
+    let run = std::process::id();
+    let as_plan = |who: &str, plan: Option<&str>| {
+        let mut claims = json!({"sub": format!("{who}-{run}")});
+        if let Some(p) = plan {
+            claims["plan"] = json!(p);
+        }
+        f.auth_with(claims)
+    };
+    let free = flood_as(&f, &as_plan("free", Some("free")), "/plans", 4, 4);
+    let pro = flood_as(&f, &as_plan("pro", Some("pro")), "/plans", 4, 4);
+    let none = flood_as(&f, &as_plan("none", None), "/plans", 4, 4);
+    let gold = flood_as(&f, &as_plan("gold", Some("gold")), "/plans", 2, 2);
+    eprintln!("admitted of 16: free {free} (quota {FREE}), pro {pro} (quota {PRO}), no plan {none}, gold {gold} of 4");
+    assert_eq!((free, pro, none, gold), (FREE, PRO, FREE, 4));
+    // The pro refusal carries the pro limit's numbers.
+    let (r, _) = f.get(1, "/plans", &as_plan("pro", Some("pro")));
+    assert_eq!(r.status, 429, "{}", r.describe());
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some(&*format!("\"per-plan\";q={PRO};w=3600"))
+    );
+    let no_limit = f.stat(0, "fleet.ok_no_limit") + f.stat(1, "fleet.ok_no_limit");
+    assert_eq!(no_limit, 4, "{}\n{}", f.fleet_stats(0), f.fleet_stats(1));
     f.assert_no_vm_crash();
 }
