@@ -155,6 +155,12 @@ struct Fleet {
 }
 
 fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
+    fleet_with(tag, failure_modes, None)
+}
+
+/// [`fleet`] with the proxies' `ratelimit` cluster given these `endpoints` instead of the
+/// service's.
+fn fleet_with(tag: &str, failure_modes: [&str; 2], endpoints: Option<&str>) -> Fleet {
     // A test that failed while holding the turn poisons it: the next one may still run.
     let turn = ONE_AT_A_TIME
         .lock()
@@ -212,7 +218,12 @@ fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
                     {"match": {"pathPrefixes": ["/"]}, "rateLimit": [{"policy": "fleet-user"}]}
                 ]
             });
-            Envoy::start(&with_rls_cluster(&bootstrap(&world, &plugin, false), rls_port), 2)
+            let yaml = bootstrap(&world, &plugin, false);
+            let yaml = match endpoints {
+                None => with_rls_cluster(&yaml, rls_port),
+                Some(e) => with_cluster(&yaml, e),
+            };
+            Envoy::start(&yaml, 2)
         })
         .collect();
     Fleet {
@@ -232,6 +243,14 @@ fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
 
 /// The rate-limit service's cluster, HTTP/2 (gRPC), as the README's example has it.
 fn with_rls_cluster(yaml: &str, port: u16) -> String {
+    with_cluster(
+        yaml,
+        &format!("[{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"),
+    )
+}
+
+/// The `ratelimit` cluster with `endpoints` (YAML flow list).
+fn with_cluster(yaml: &str, endpoints: &str) -> String {
     let cluster = format!(
         r#"  clusters:
   - name: ratelimit
@@ -243,7 +262,7 @@ fn with_rls_cluster(yaml: &str, port: u16) -> String {
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: ratelimit
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+      endpoints: {endpoints}
 "#
     );
     assert!(yaml.contains("  clusters:\n"));
@@ -476,5 +495,41 @@ fn descriptor_entries_pick_the_services_limit_per_plan() {
     );
     let no_limit = f.stat(0, "fleet.ok_no_limit") + f.stat(1, "fleet.ok_no_limit");
     assert_eq!(no_limit, 4, "{}\n{}", f.fleet_stats(0), f.fleet_stats(1));
+    f.assert_no_vm_crash();
+}
+
+/// A service cluster with no endpoints at all: Envoy's router can only answer the call itself
+/// ("no healthy upstream"), and may do so before `proxy_grpc_call` returns. Whatever Envoy
+/// reports, or fails to report, the request follows `failureMode` within the bound, counted.
+#[test]
+fn a_service_cluster_without_endpoints_follows_the_failure_mode() {
+    let f = fleet_with("fleet-empty", ["deny", "allow"], Some("[]"));
+    let auth = f.auth("lonely");
+    let bound = Duration::from_millis(TIMEOUT_MS + 700);
+    for (proxy, status) in [(0, 503), (1, 200)] {
+        for _ in 0..3 {
+            let (r, took) = f.get(proxy, "/api", &auth);
+            assert_eq!(r.status, status, "proxy {proxy}: {}", r.describe());
+            assert!(took < bound, "proxy {proxy}: took {took:?}");
+        }
+        let stats = f.fleet_stats(proxy);
+        eprintln!("proxy {proxy}:\n{stats}");
+        let failures: u64 = ["dispatch", "timeout", "unavailable", "deadline"]
+            .iter()
+            .map(|c| f.stat(proxy, &format!("fleet.failure.{c}")))
+            .sum();
+        assert_eq!(failures, 3, "proxy {proxy}:\n{stats}");
+    }
+    // 30 failed calls within 10 s: at most 5 Warn lines per worker (2 workers).
+    for _ in 0..27 {
+        assert_eq!(f.get(0, "/api", &auth).0.status, 503);
+    }
+    let lines = f.proxies[0]
+        .log_text()
+        .matches("rate-limit service call not started")
+        .count();
+    eprintln!("30 failed calls, {lines} Warn lines");
+    assert!((1..=10).contains(&lines), "{lines} Warn lines");
+    assert_eq!(f.stat(0, "fleet.failure.dispatch"), 30);
     f.assert_no_vm_crash();
 }
