@@ -150,17 +150,100 @@ struct Fleet {
     _idp: JwksServer,
     _upstream: TestServer,
     _pki: Pki,
+    jwks_doc: String,
+    /// Per proxy, with [`Setup::lds`]: its LDS directory and `plain` port.
+    lds: Vec<(PathBuf, u16)>,
     /// Held for the fleet's life (declared last: fields drop in order, so after the processes).
     _turn: MutexGuard<'static, ()>,
 }
 
 fn fleet(tag: &str, failure_modes: [&str; 2]) -> Fleet {
-    fleet_with(tag, failure_modes, None)
+    fleet_with(tag, failure_modes, Setup::default())
 }
 
-/// [`fleet`] with the proxies' `ratelimit` cluster given these `endpoints` instead of the
-/// service's.
-fn fleet_with(tag: &str, failure_modes: [&str; 2], endpoints: Option<&str>) -> Fleet {
+/// How [`fleet_with`] departs from [`fleet`].
+#[derive(Default)]
+struct Setup {
+    /// The proxies' `ratelimit` cluster gets these endpoints instead of the service's.
+    endpoints: Option<&'static str>,
+    /// `timeoutMs` instead of [`TIMEOUT_MS`].
+    timeout_ms: Option<u64>,
+    /// The `plain` listener comes from a watched LDS file (see [`Fleet::reload`]), on a fixed
+    /// port; the `mtls` listener is left out.
+    lds: bool,
+}
+
+/// meshguard's configuration in the fleet tests.
+fn plugin(jwks_doc: &str, mode: &str, timeout_ms: u64) -> serde_json::Value {
+    json!({
+        "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks_doc}],
+        "rateLimits": {
+            "identity": ["sub"],
+            "service": {"cluster": "ratelimit", "domain": "fleet-test",
+                        "timeoutMs": timeout_ms, "failureMode": mode},
+            // The local bucket in front is far above the fleet's capacity.
+            "policies": {
+                "fleet-user": {"requests": 100000, "per": "1h", "fleet": true},
+                // Fleet-only, counted per plan: the service's limits pick the quota.
+                "per-plan": {"fleet": {"entries": [
+                    {"key": "route"}, {"key": "plan", "claim": "plan", "default": "free"}
+                ]}}
+            },
+            "responseHeaders": true
+        },
+        "routes": [
+            {"name": "plans", "match": {"pathPrefixes": ["/plans"]}, "rateLimit": [{"policy": "per-plan"}]},
+            {"match": {"pathPrefixes": ["/heavy"]}, "rateLimit": [{"policy": "fleet-user", "cost": 3}]},
+            {"match": {"pathPrefixes": ["/"]}, "rateLimit": [{"policy": "fleet-user"}]}
+        ]
+    })
+}
+
+/// The bootstrap with its `plain` listener moved to the LDS file `<dir>/lds.yaml` (written
+/// whole and renamed into place, as Envoy's watched directory expects) on `port`.
+fn with_lds(yaml: &str, dir: &Path, port: u16) -> String {
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
+    let listeners = doc["static_resources"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("listeners")
+        .unwrap();
+    let mut plain = listeners
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "plain")
+        .unwrap()
+        .clone();
+    plain["address"]["socket_address"]["port_value"] = port.into();
+    let mut resource = serde_yaml_ng::Mapping::new();
+    resource.insert(
+        "@type".into(),
+        "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+    );
+    for (k, v) in plain.as_mapping().unwrap() {
+        resource.insert(k.clone(), v.clone());
+    }
+    let mut file = serde_yaml_ng::Mapping::new();
+    file.insert(
+        "resources".into(),
+        serde_yaml_ng::Value::Sequence(vec![resource.into()]),
+    );
+    let tmp = dir.join("lds.tmp");
+    fs::write(&tmp, serde_yaml_ng::to_string(&file).unwrap()).unwrap();
+    fs::rename(&tmp, dir.join("lds.yaml")).unwrap();
+    let dynamic: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+        "lds_config:\n  resource_api_version: V3\n  path_config_source:\n    path: {}\n    watched_directory: {{path: {}}}\n",
+        dir.join("lds.yaml").display(),
+        dir.display()
+    ))
+    .unwrap();
+    doc["dynamic_resources"] = dynamic;
+    doc["node"] = serde_yaml_ng::from_str("{id: meshguard-test, cluster: meshguard-test}").unwrap();
+    serde_yaml_ng::to_string(&doc).unwrap()
+}
+
+fn fleet_with(tag: &str, failure_modes: [&str; 2], setup: Setup) -> Fleet {
     // A test that failed while holding the turn poisons it: the next one may still run.
     let turn = ONE_AT_A_TIME
         .lock()
@@ -193,35 +276,26 @@ fn fleet_with(tag: &str, failure_modes: [&str; 2], endpoints: Option<&str>) -> F
         upstream_port: upstream.port(),
         jwks_port: idp.server.port(),
     };
+    let timeout_ms = setup.timeout_ms.unwrap_or(TIMEOUT_MS);
+    let mut lds = Vec::new();
     let proxies = failure_modes
         .iter()
-        .map(|mode| {
-            let plugin = json!({
-                "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks_doc}],
-                "rateLimits": {
-                    "identity": ["sub"],
-                    "service": {"cluster": "ratelimit", "domain": "fleet-test",
-                                "timeoutMs": TIMEOUT_MS, "failureMode": mode},
-                    // The local bucket in front is far above the fleet's capacity.
-                    "policies": {
-                        "fleet-user": {"requests": 100000, "per": "1h", "fleet": true},
-                        // Fleet-only, counted per plan: the service's limits pick the quota.
-                        "per-plan": {"fleet": {"entries": [
-                            {"key": "route"}, {"key": "plan", "claim": "plan", "default": "free"}
-                        ]}}
-                    },
-                    "responseHeaders": true
-                },
-                "routes": [
-                    {"name": "plans", "match": {"pathPrefixes": ["/plans"]}, "rateLimit": [{"policy": "per-plan"}]},
-                    {"match": {"pathPrefixes": ["/heavy"]}, "rateLimit": [{"policy": "fleet-user", "cost": 3}]},
-                    {"match": {"pathPrefixes": ["/"]}, "rateLimit": [{"policy": "fleet-user"}]}
-                ]
-            });
+        .enumerate()
+        .map(|(i, mode)| {
+            let plugin = plugin(&jwks_doc, mode, timeout_ms);
             let yaml = bootstrap(&world, &plugin, false);
-            let yaml = match endpoints {
+            let yaml = match setup.endpoints {
                 None => with_rls_cluster(&yaml, rls_port),
                 Some(e) => with_cluster(&yaml, e),
+            };
+            let yaml = if setup.lds {
+                let (at, port) = (dir.join(format!("lds-{i}")), free_port());
+                fs::create_dir_all(&at).unwrap();
+                let yaml = with_lds(&yaml, &at, port);
+                lds.push((at, port));
+                yaml
+            } else {
+                yaml
             };
             Envoy::start(&yaml, 2)
         })
@@ -237,6 +311,8 @@ fn fleet_with(tag: &str, failure_modes: [&str; 2], endpoints: Option<&str>) -> F
         _idp: idp,
         _upstream: upstream,
         _pki: pki,
+        jwks_doc,
+        lds,
         _turn: turn,
     }
 }
@@ -270,6 +346,35 @@ fn with_cluster(yaml: &str, endpoints: &str) -> String {
 }
 
 impl Fleet {
+    /// Replaces proxy `proxy`'s meshguard configuration through LDS (a new listener version
+    /// whose plugin has a new configuration, so a new root context) and waits until Envoy
+    /// applied it.
+    fn reload(&self, proxy: usize, plugin: &serde_json::Value) {
+        let world = World {
+            pki: &self._pki,
+            upstream_port: self._upstream.port(),
+            jwks_port: self._idp.server.port(),
+        };
+        let before = self.admin_stat(proxy, "listener_manager.lds.update_success");
+        let (dir, port) = &self.lds[proxy];
+        with_lds(&bootstrap(&world, plugin, false), dir, *port);
+        eventually(
+            "Envoy applies the new listener",
+            Duration::from_secs(20),
+            || self.admin_stat(proxy, "listener_manager.lds.update_success") > before,
+        );
+    }
+
+    /// An Envoy stat by its full name.
+    fn admin_stat(&self, proxy: usize, name: &str) -> u64 {
+        let prefix = format!("{name}: ");
+        self.proxies[proxy]
+            .stats()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0)
+    }
+
     fn auth(&self, sub: &str) -> String {
         self.auth_with(json!({"sub": sub}))
     }
@@ -503,7 +608,11 @@ fn descriptor_entries_pick_the_services_limit_per_plan() {
 /// reports, or fails to report, the request follows `failureMode` within the bound, counted.
 #[test]
 fn a_service_cluster_without_endpoints_follows_the_failure_mode() {
-    let f = fleet_with("fleet-empty", ["deny", "allow"], Some("[]"));
+    let setup = Setup {
+        endpoints: Some("[]"),
+        ..Setup::default()
+    };
+    let f = fleet_with("fleet-empty", ["deny", "allow"], setup);
     let auth = f.auth("lonely");
     let bound = Duration::from_millis(TIMEOUT_MS + 700);
     for (proxy, status) in [(0, 503), (1, 200)] {
@@ -531,5 +640,60 @@ fn a_service_cluster_without_endpoints_follows_the_failure_mode() {
     eprintln!("30 failed calls, {lines} Warn lines");
     assert!((1..=10).contains(&lines), "{lines} Warn lines");
     assert_eq!(f.stat(0, "fleet.failure.dispatch"), 30);
+    f.assert_no_vm_crash();
+}
+
+/// A request paused on its fleet call while meshguard's configuration is replaced (LDS: a new
+/// listener, a new plugin configuration, so a new root context in the same VM): it is not lost.
+/// It gets the service's answer (the old listener drains; its root context lives on until its
+/// requests end) and nothing is counted as meshguard's deadline; requests after the reload run on
+/// the new configuration.
+#[test]
+fn a_request_paused_on_its_fleet_call_survives_a_configuration_reload() {
+    let setup = Setup {
+        timeout_ms: Some(3_000),
+        lds: true,
+        ..Setup::default()
+    };
+    let f = fleet_with("fleet-reload", ["deny", "deny"], setup);
+    let auth = f.auth("reloaded");
+    assert_eq!(f.get(0, "/api", &auth).0.status, 200);
+    fs::write(f.dir.join("delay-ms"), "1500").unwrap();
+    let port = f.lds[0].1;
+    let paused = {
+        let auth = auth.clone();
+        thread::spawn(move || {
+            let start = Instant::now();
+            let r = Client::plain(port).get("/api", &[("authorization", &auth)]);
+            (r.status, r.describe(), start.elapsed())
+        })
+    };
+    thread::sleep(Duration::from_millis(400));
+    // Another configuration: the local bucket in front allows 1 an hour.
+    let mut next = plugin(&f.jwks_doc, "deny", 3_000);
+    next["rateLimits"]["policies"]["fleet-user"]["requests"] = json!(1);
+    // (Without the cost-3 route, which a burst of 1 could never admit: refused as configured.)
+    next["routes"].as_array_mut().unwrap().remove(1);
+    f.reload(0, &next);
+    let (status, describe, took) = paused.join().unwrap();
+    eprintln!("paused request: {status} after {took:?}");
+    assert_eq!(status, 200, "{describe}");
+    assert!(took < Duration::from_millis(3_000), "took {took:?}");
+    fs::remove_file(f.dir.join("delay-ms")).unwrap();
+    // The new configuration answers: its local bucket admits one request, then refuses.
+    let (r, _) = f.get(0, "/api", &auth);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let (r, _) = f.get(0, "/api", &auth);
+    assert_eq!(r.status, 429, "{}", r.describe());
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"fleet-user\";q=1;w=3600")
+    );
+    assert_eq!(
+        f.stat(0, "fleet.failure.deadline"),
+        0,
+        "{}",
+        f.fleet_stats(0)
+    );
     f.assert_no_vm_crash();
 }
