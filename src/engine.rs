@@ -196,7 +196,8 @@ impl Engine {
             );
             let refused = charges.refused;
             if refused.is_none() {
-                debts.fleet = fleet::plan(self, &charges, req.peer, principal.as_deref());
+                debts.fleet =
+                    fleet::plan(self, &charges, &route.name, req.peer, principal.as_deref());
             }
             debts.charges = Some(charges);
             debts.caller = principal.clone();

@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use meshguard::ratelimit::fleet::EntryValue;
 use serde_yaml_ng::Value as Y;
 
 /// Whether an Envoy YAML loads a wasm filter at all (a client-side sidecar does not).
@@ -336,7 +337,8 @@ fn the_compose_workload_echoes_what_it_received() {
 
 /// The saas-api fleet example's three files agree: every fleet policy of `envoy-fleet.yaml` has a
 /// Limitador limit (namespace = the service's domain, matched on `descriptors[0].policy`, per
-/// `descriptors[0].identity`) and an envoyproxy/ratelimit descriptor with the same numbers.
+/// `descriptors[0].identity`; with a descriptor entry, one per value of it plus one for every
+/// other value) and an envoyproxy/ratelimit descriptor with the same numbers.
 #[test]
 fn the_saas_api_fleet_limits_agree_with_its_envoy_config() {
     let shipped = Shipped::load("envoy/examples/saas-api/envoy-fleet.yaml");
@@ -371,26 +373,10 @@ fn the_saas_api_fleet_limits_agree_with_its_envoy_config() {
         Some(fleet.service.domain.as_str())
     );
     assert_eq!(fleet.policies.len(), 2);
+    let limits = limitador.as_sequence().unwrap();
+    let mut used = 0;
     for &i in &fleet.policies {
         let name = &rl.limits[i].name;
-        let limit = limitador
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|l| l["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("no Limitador limit for {name}"));
-        assert_eq!(
-            limit["namespace"].as_str(),
-            Some(fleet.service.domain.as_str())
-        );
-        assert_eq!(
-            limit["conditions"][0].as_str().unwrap(),
-            format!("descriptors[0].policy == '{name}'")
-        );
-        assert_eq!(
-            limit["variables"][0].as_str(),
-            Some("descriptors[0].identity")
-        );
         let descriptor = envoyproxy["descriptors"]
             .as_sequence()
             .unwrap()
@@ -400,18 +386,99 @@ fn the_saas_api_fleet_limits_agree_with_its_envoy_config() {
         let inner = &descriptor["descriptors"][0];
         assert_eq!(inner["key"], "identity");
         assert!(inner.get("value").is_none(), "one counter per identity");
-        let unit_seconds = match inner["rate_limit"]["unit"].as_str().unwrap() {
-            "second" => 1,
-            "minute" => 60,
-            "hour" => 3600,
-            "day" => 86_400,
-            other => panic!("unit {other}"),
+        let mine: Vec<&Y> = limits
+            .iter()
+            .filter(|l| {
+                l["conditions"][0].as_str() == Some(&format!("descriptors[0].policy == '{name}'"))
+            })
+            .collect();
+        used += mine.len();
+        for limit in &mine {
+            assert_eq!(
+                limit["namespace"].as_str(),
+                Some(fleet.service.domain.as_str())
+            );
+            assert_eq!(
+                limit["variables"][0].as_str(),
+                Some("descriptors[0].identity")
+            );
+        }
+        // The envoyproxy/ratelimit node each Limitador limit stands for: the identity node for a
+        // policy without entries; with one entry (`key`), its `key: value` child for a limit on
+        // `descriptors[0].<key> == '<value>'`, and its child without a value for the limit on
+        // every other value.
+        let entries = fleet.entries(i);
+        let pairs: Vec<(&Y, &Y)> = match entries {
+            [] => {
+                assert_eq!(mine.len(), 1, "{name}: one Limitador limit");
+                assert_eq!(mine[0]["name"].as_str(), Some(name.as_str()));
+                vec![(mine[0], inner)]
+            }
+            [entry] => {
+                let children = inner["descriptors"].as_sequence().unwrap();
+                let key = &entry.key;
+                let EntryValue::Claim {
+                    default: Some(default),
+                    ..
+                } = &entry.value
+                else {
+                    panic!("{name}: the example's entry is a claim with a default");
+                };
+                assert!(
+                    children
+                        .iter()
+                        .any(|c| c["value"].as_str() == Some(default)),
+                    "{name}: the default {default} has its limit"
+                );
+                assert_eq!(mine.len(), children.len(), "{name}: one limit per plan");
+                mine.iter()
+                    .map(|l| {
+                        let condition = l["conditions"][1].as_str().unwrap();
+                        let node = match condition
+                            .strip_prefix(&format!("descriptors[0].{key} == '"))
+                            .and_then(|v| v.strip_suffix('\''))
+                        {
+                            Some(value) => children.iter().find(|c| {
+                                c["key"].as_str() == Some(key) && c["value"].as_str() == Some(value)
+                            }),
+                            None => {
+                                assert!(
+                                    condition.starts_with(&format!("!(descriptors[0].{key} in [")),
+                                    "{condition}"
+                                );
+                                children.iter().find(|c| {
+                                    c["key"].as_str() == Some(key) && c.get("value").is_none()
+                                })
+                            }
+                        };
+                        (
+                            *l,
+                            node.unwrap_or_else(|| panic!("{name}: no node for {condition}")),
+                        )
+                    })
+                    .collect()
+            }
+            more => panic!("{name}: {} entries", more.len()),
         };
-        assert_eq!(limit["seconds"].as_u64(), Some(unit_seconds), "{name}");
-        assert_eq!(
-            limit["max_value"].as_u64(),
-            inner["rate_limit"]["requests_per_unit"].as_u64(),
-            "{name}"
-        );
+        for (limit, node) in pairs {
+            let unit_seconds = match node["rate_limit"]["unit"].as_str().unwrap() {
+                "second" => 1,
+                "minute" => 60,
+                "hour" => 3600,
+                "day" => 86_400,
+                other => panic!("unit {other}"),
+            };
+            assert_eq!(limit["seconds"].as_u64(), Some(unit_seconds), "{name}");
+            assert_eq!(
+                limit["max_value"].as_u64(),
+                node["rate_limit"]["requests_per_unit"].as_u64(),
+                "{name}"
+            );
+        }
     }
+    assert_eq!(
+        used,
+        limits.len(),
+        "every Limitador limit belongs to a fleet policy"
+    );
 }

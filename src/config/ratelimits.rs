@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 use super::validate::{claim_path, duration_ns, is_short_name, principal, DURATION_FORMS};
 use super::ConfigError;
-use crate::ratelimit::fleet::Service;
+use crate::ratelimit::fleet::{
+    claim_entry_value, EntrySpec, EntryValue, Service, MAX_ENTRIES, MAX_ENTRY_VALUE_LEN,
+    RESERVED_KEYS,
+};
 use crate::ratelimit::{
     Fleet, IdentitySource, Limit, LimitBy, LimitChoice, RateLimits, RouteLimit,
 };
@@ -56,8 +59,10 @@ struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawLimit {
-    requests: u64,
-    per: String,
+    #[serde(default)]
+    requests: Option<u64>,
+    #[serde(default)]
+    per: Option<String>,
     #[serde(default)]
     burst: Option<u64>,
     #[serde(default)]
@@ -65,7 +70,56 @@ struct RawLimit {
     #[serde(default)]
     slots: Option<u32>,
     #[serde(default)]
-    fleet: bool,
+    fleet: Option<RawFleet>,
+}
+
+/// `policies.<name>.fleet`: `true`, or an object naming the descriptor's extra entries.
+#[derive(Debug)]
+enum RawFleet {
+    On(bool),
+    With(RawFleetSpec),
+}
+
+/// Written out (rather than `#[serde(untagged)]`) so that a mistake inside the object keeps its
+/// field path (`…fleet.entries[0].claim`) instead of "did not match any variant".
+impl<'de> Deserialize<'de> for RawFleet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawFleet;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "true, false or an object such as {\"entries\": [{\"key\": \"route\"}]}",
+                )
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<RawFleet, E> {
+                Ok(RawFleet::On(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawFleet, A::Error> {
+                RawFleetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawFleet::With)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFleetSpec {
+    entries: Vec<RawEntry>,
+}
+
+/// One descriptor entry: `{key: "route"}` (the matched route's name) or
+/// `{key: "plan", claim: "plan", default: "free"}` (a verified string claim).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawEntry {
+    key: String,
+    #[serde(default)]
+    claim: Option<String>,
+    #[serde(default)]
+    default: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -131,41 +185,31 @@ pub(super) fn rate_limits(
     }
     let mut limits = Vec::new();
     let mut fleet_policies = Vec::new();
+    let mut fleet_entries = Vec::new();
     let mut total_slots = 0u64;
     for (name, l) in raw.policies {
-        if l.fleet {
+        let p = |f: &str| at(&format!("policies.{name}.{f}"));
+        let fleet = match l.fleet {
+            None | Some(RawFleet::On(false)) => None,
+            Some(RawFleet::On(true)) => Some(Vec::new()),
+            Some(RawFleet::With(spec)) => Some(entries(&p("fleet.entries"), spec.entries)?),
+        };
+        if let Some(entries) = fleet {
             if raw.service.is_none() {
                 return Err(ConfigError::new(
-                    at(&format!("policies.{name}.fleet")),
+                    p("fleet"),
                     "a fleet policy needs rateLimits.service",
                 ));
             }
+            if !entries.is_empty() {
+                fleet_entries.push((limits.len(), entries));
+            }
             fleet_policies.push(limits.len());
         }
-        let p = |f: &str| at(&format!("policies.{name}.{f}"));
         if !is_short_name(&name) {
             return Err(ConfigError::new(
                 at(&format!("policies.{name}")),
                 "a policy name is 1-32 characters of [a-z0-9_-]",
-            ));
-        }
-        if l.requests == 0 || l.requests > MAX_REQUESTS {
-            return Err(ConfigError::new(
-                p("requests"),
-                format!("must be between 1 and {MAX_REQUESTS}"),
-            ));
-        }
-        let per_ns = duration_ns(&l.per).ok_or_else(|| {
-            ConfigError::new(p("per"), format!("{DURATION_FORMS}; got \"{}\"", l.per))
-        })?;
-        if !(MIN_PER_NS..=MAX_PER_NS).contains(&per_ns) {
-            return Err(ConfigError::new(p("per"), "must be between 1s and 7d"));
-        }
-        let burst = l.burst.unwrap_or(l.requests);
-        if burst == 0 || burst > MAX_REQUESTS {
-            return Err(ConfigError::new(
-                p("burst"),
-                format!("must be between 1 and {MAX_REQUESTS}"),
             ));
         }
         let by = match l.key.unwrap_or(RawLimitBy::Identity) {
@@ -173,6 +217,56 @@ pub(super) fn rate_limits(
             RawLimitBy::SourceIp => LimitBy::SourceIp,
             RawLimitBy::Global => LimitBy::Global,
         };
+        let (requests, per) = match (l.requests, l.per) {
+            (Some(requests), Some(per)) => (requests, per),
+            (None, None) if fleet_policies.last() == Some(&limits.len()) => {
+                // Fleet-only: the service alone counts; no local bucket, no slots.
+                for (field, given) in [("burst", l.burst.is_some()), ("slots", l.slots.is_some())] {
+                    if given {
+                        return Err(ConfigError::new(
+                            p(field),
+                            "only with a local bucket (requests and per); this fleet policy has none",
+                        ));
+                    }
+                }
+                limits.push(Limit {
+                    name,
+                    requests: 0,
+                    per_ns: 0,
+                    burst: u64::MAX,
+                    by,
+                    slots: 0,
+                });
+                continue;
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    p("requests"),
+                    "required: a policy has a local bucket (requests per per), \"fleet\", or both",
+                ))
+            }
+            (None, Some(_)) => return Err(ConfigError::new(p("requests"), "required with per")),
+            (Some(_), None) => return Err(ConfigError::new(p("per"), "required with requests")),
+        };
+        if requests == 0 || requests > MAX_REQUESTS {
+            return Err(ConfigError::new(
+                p("requests"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+        let per_ns = duration_ns(&per).ok_or_else(|| {
+            ConfigError::new(p("per"), format!("{DURATION_FORMS}; got \"{per}\""))
+        })?;
+        if !(MIN_PER_NS..=MAX_PER_NS).contains(&per_ns) {
+            return Err(ConfigError::new(p("per"), "must be between 1s and 7d"));
+        }
+        let burst = l.burst.unwrap_or(requests);
+        if burst == 0 || burst > MAX_REQUESTS {
+            return Err(ConfigError::new(
+                p("burst"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
         let slots = match (by, l.slots) {
             (LimitBy::Global, Some(_)) => {
                 return Err(ConfigError::new(
@@ -192,7 +286,7 @@ pub(super) fn rate_limits(
         total_slots += u64::from(slots);
         limits.push(Limit {
             name,
-            requests: l.requests,
+            requests,
             per_ns,
             burst,
             by,
@@ -287,6 +381,7 @@ pub(super) fn rate_limits(
         Some(s) => Some(Fleet {
             service: service(&at("service"), s)?,
             policies: fleet_policies,
+            entries: fleet_entries,
         }),
     };
     if fleet.as_ref().is_some_and(|f| f.policies.is_empty()) {
@@ -365,6 +460,82 @@ fn service(at: &str, raw: RawService) -> Result<Service, ConfigError> {
         fail_open: matches!(failure_mode, Some(RawContention::Allow)),
     })
 }
+
+/// A fleet policy's descriptor entries (`at`: their path): keys unique, not meshguard's own,
+/// values from the route or a claim.
+fn entries(at: &str, raw: Vec<RawEntry>) -> Result<Vec<EntrySpec>, ConfigError> {
+    if raw.is_empty() || raw.len() > MAX_ENTRIES {
+        return Err(ConfigError::new(
+            at,
+            format!("list 1 to {MAX_ENTRIES} entries (or write \"fleet\": true)"),
+        ));
+    }
+    let mut out: Vec<EntrySpec> = Vec::new();
+    for (i, e) in raw.into_iter().enumerate() {
+        let RawEntry {
+            key,
+            claim,
+            default,
+        } = e;
+        let field = |f: &str| format!("{at}[{i}].{f}");
+        if key.is_empty()
+            || key.len() > MAX_ENTRY_KEY_LEN
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(ConfigError::new(
+                field("key"),
+                format!("1 to {MAX_ENTRY_KEY_LEN} characters of [A-Za-z0-9_.-]"),
+            ));
+        }
+        if RESERVED_KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::new(
+                field("key"),
+                format!("\"{key}\" is an entry meshguard always sends"),
+            ));
+        }
+        if out.iter().any(|o| o.key == key) {
+            return Err(ConfigError::new(
+                field("key"),
+                format!("\"{key}\" is given twice"),
+            ));
+        }
+        let value = match (claim, default) {
+            (Some(c), default) => {
+                let path = claim_path(&field("claim"), &c)?;
+                if let Some(d) = &default {
+                    if claim_entry_value(Some(&serde_json::Value::String(d.clone()))).is_none()
+                        || d.is_empty()
+                    {
+                        return Err(ConfigError::new(
+                            field("default"),
+                            format!("1 to {MAX_ENTRY_VALUE_LEN} bytes without control characters"),
+                        ));
+                    }
+                }
+                EntryValue::Claim { path, default }
+            }
+            (None, None) if key == "route" => EntryValue::Route,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    field("claim"),
+                    format!("required for key \"{key}\" (only key \"route\", the matched route's name, needs none)"),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    field("default"),
+                    "only with claim (a route always has a name)",
+                ))
+            }
+        };
+        out.push(EntrySpec { key, value });
+    }
+    Ok(out)
+}
+
+const MAX_ENTRY_KEY_LEN: usize = 64;
 
 pub(super) fn route_limits(
     at: &str,

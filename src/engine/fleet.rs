@@ -13,7 +13,7 @@ use crate::identity::Peer;
 use crate::jwt::principal::Principal;
 use crate::policy::Mode;
 use crate::ratelimit::apply::Charges;
-use crate::ratelimit::fleet::{self, Code, Descriptor, Failure, Outcome, Status};
+use crate::ratelimit::fleet::{self, Code, Descriptor, EntryValue, Failure, Outcome, Status};
 use crate::ratelimit::{Limit, LimitBy, Verdict};
 
 /// A planned `ShouldRateLimit` call and what is needed to judge its answer.
@@ -29,10 +29,12 @@ pub struct FleetCall {
 }
 
 /// The descriptors of the fleet policies among `charges` (`None`: no fleet policy charged).
-/// Built from verified facts only: the policy's name and the caller's rate-limit identity.
+/// Built from verified facts only: the policy's name, the caller's rate-limit identity, and the
+/// entries the policy names (`route`: the matched route's name; claims of the verified token).
 pub(super) fn plan(
     engine: &Engine,
     charges: &Charges,
+    route: &str,
     peer: &Peer,
     principal: Option<&Principal>,
 ) -> Option<(Vec<u8>, Vec<usize>)> {
@@ -52,9 +54,27 @@ pub(super) fn plan(
                     .get_or_insert_with(|| engine.slots.fleet_identity(rl, peer, principal))
                     .clone(),
             };
+            let mut entries = vec![
+                ("policy".to_string(), limit.name.clone()),
+                ("identity".to_string(), who),
+            ];
+            for spec in fleet.entries(policy) {
+                let value = match &spec.value {
+                    EntryValue::Route => Some(route.to_string()),
+                    EntryValue::Claim { path, default } => {
+                        let claim = principal.and_then(|p| p.claims.get_path(path));
+                        fleet::claim_entry_value(claim).or_else(|| default.clone())
+                    }
+                };
+                // No value and no default: the entry is left out, and the service counts the
+                // request under the shorter descriptor (README "Per proxy or fleet").
+                if let Some(value) = value {
+                    entries.push((spec.key.clone(), value));
+                }
+            }
             Some(Descriptor {
                 policy,
-                entries: vec![("policy", limit.name.clone()), ("identity", who)],
+                entries,
                 cost,
             })
         })
@@ -110,11 +130,11 @@ impl Engine {
                 Code::Unknown => Outcome::Failed(Failure::Unknown),
             },
         };
-        events.fleet = Some(outcome);
         let route = route_name(self, call.route);
         let caller = call.caller.as_deref();
         let answer = match (outcome, decoded) {
             (Outcome::Failed(_), _) | (_, Err(_)) => {
+                events.fleet = Some(outcome);
                 if fleet.service.fail_open {
                     return decision;
                 }
@@ -126,6 +146,10 @@ impl Engine {
         let numbers = answer
             .status
             .and_then(|(i, s)| Some((self.fleet_limit(call.policies.get(i)?, &s)?, s)));
+        events.fleet = Some(match outcome {
+            Outcome::Ok if numbers.is_none() => Outcome::OkNoLimit,
+            other => other,
+        });
         if outcome == Outcome::OverLimit {
             let mut reply = match &numbers {
                 Some((limit, s)) => {

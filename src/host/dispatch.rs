@@ -128,6 +128,7 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
     if let Some((worker, now)) = with_root(root, Root::on_tick).flatten() {
+        expire_fleet_calls(root, &worker, Some(now));
         retry_waiting(root, &worker, now);
     }
 }
@@ -211,11 +212,33 @@ pub extern "C" fn proxy_on_http_call_response(
     }
 }
 
-/// The HTTP context waiting for gRPC call `token` of root context `root`'s worker.
+/// The HTTP context waiting for gRPC call `token` of root context `root`'s worker. The entry
+/// stays until the request takes the answer: an answer that cannot be delivered leaves it to
+/// the deadline ([`expire_fleet_calls`]).
 fn fleet_waiter(root: u32, token: u32) -> Option<u32> {
     let worker = with_table(|t| t.roots.get(&root).and_then(Root::worker)).flatten()?;
-    let id = worker.fleet_calls.try_borrow_mut().ok()?.remove(&token);
-    id
+    let calls = worker.fleet_calls.try_borrow().ok()?;
+    calls.waiter(token)
+}
+
+/// Ends the wait of every request whose fleet call is past its deadline (`now_ms`; all of them
+/// when `None`: the root is going away) as [`GrpcEnd::Deadline`]: its `failureMode` decides.
+/// Envoy's own timeout normally ends a call first; this covers a call whose end Envoy never
+/// reports to this root (or that could not be delivered), so no request waits forever.
+fn expire_fleet_calls(root: u32, worker: &Rc<Worker>, now_ms: Option<u64>) {
+    let expired = match worker.fleet_calls.try_borrow_mut() {
+        Ok(mut calls) => calls.expire(now_ms),
+        Err(_) => return,
+    };
+    if expired.is_empty() {
+        return;
+    }
+    for (token, id) in expired {
+        if abi::set_effective_context(id).is_ok() {
+            with_filter(id, |f| f.on_grpc_answer(token, Err(GrpcEnd::Deadline)));
+        }
+    }
+    let _ = abi::set_effective_context(root);
 }
 
 /// Largest rate-limit service answer read (bytes).
@@ -257,6 +280,8 @@ pub extern "C" fn proxy_on_grpc_close(id: u32, token: u32, status: u32) {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(id: u32) {
+    // A root going away: requests still waiting for its fleet calls would never hear of them.
+    let root_worker = with_table(|t| t.roots.get(&id).and_then(Root::worker)).flatten();
     let gone = with_table(|t| {
         if t.busy.contains(&id) {
             // Taken out for a callback right now: not put back when it returns.
@@ -269,6 +294,9 @@ pub extern "C" fn proxy_on_delete(id: u32) {
     .flatten();
     if let Some(mut filter) = gone {
         filter.on_delete();
+    }
+    if let Some(worker) = root_worker {
+        expire_fleet_calls(id, &worker, None);
     }
 }
 

@@ -191,15 +191,17 @@ impl Filter {
             service.timeout_ms,
         ) {
             Ok(token) => {
-                (self.worker.fleet_calls.borrow_mut()).insert(token, self.id);
+                (self.worker.fleet_calls.borrow_mut()).start(
+                    token,
+                    self.id,
+                    now / 1_000_000,
+                    service.timeout_ms,
+                );
                 self.fleet = Some((token, call, decision, now));
                 STOP
             }
             Err(e) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("meshguard: rate-limit service call not started ({e:?})"),
-                );
+                self.fleet_warn(now, &format!("call not started ({e:?})"));
                 let decision = self.fleet_settle(decision, call, Err(Failure::Dispatch));
                 self.apply(decision, peer)
             }
@@ -215,24 +217,27 @@ impl Filter {
             self.fleet = Some((expected, call, decision, started));
             return;
         }
+        if let Ok(mut calls) = self.worker.fleet_calls.try_borrow_mut() {
+            calls.end(token);
+        }
         let timeout_ms = (self.worker.engine.config.rate_limits.as_ref())
             .and_then(|rl| rl.fleet.as_ref())
             .map_or(0, |f| f.service.timeout_ms);
         // No clock: take the call as lasting its whole timeout.
-        let elapsed_ms = now_ns().map_or(u64::MAX, |n| n.saturating_sub(started) / 1_000_000);
+        let now = now_ns();
+        let elapsed_ms = now.map_or(u64::MAX, |n| n.saturating_sub(started) / 1_000_000);
         let answer = answer.map_err(|end| match end {
             GrpcEnd::Unreadable => (Failure::Malformed, None),
             GrpcEnd::Closed(status) => (
                 fleet::failure_of_close(status, elapsed_ms, timeout_ms),
                 Some(status),
             ),
+            GrpcEnd::Deadline => (Failure::Deadline, None),
         });
         if let Err((f, status)) = &answer {
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "meshguard: rate-limit service call failed ({f:?}, grpc status {status:?}, after {elapsed_ms} ms)"
-                ),
+            self.fleet_warn(
+                now.unwrap_or(started),
+                &format!("call failed ({f:?}, grpc status {status:?}, after {elapsed_ms} ms)"),
             );
         }
         let answer = answer.map_err(|(f, _)| f);
@@ -241,6 +246,24 @@ impl Filter {
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
+    }
+
+    /// A Warn line about a failed fleet call, within the worker's [`fleet::LogBudget`].
+    fn fleet_warn(&self, now_ns: u64, what: &str) {
+        let admitted = (self.worker.fleet_log.try_borrow_mut().ok())
+            .and_then(|mut b| b.admit(now_ns / 1_000_000));
+        let Some(left_out) = admitted else {
+            return;
+        };
+        let more = if left_out > 0 {
+            format!("; {left_out} more such lines left out (see the fleet.failure.* counters)")
+        } else {
+            String::new()
+        };
+        log(
+            LogLevel::Warn,
+            &format!("meshguard: rate-limit service {what}{more}"),
+        );
     }
 
     fn fleet_settle(
@@ -268,7 +291,7 @@ impl Filter {
     pub fn on_delete(&mut self) {
         if let Some((token, _, _, _)) = self.fleet.take() {
             if let Ok(mut calls) = self.worker.fleet_calls.try_borrow_mut() {
-                calls.remove(&token);
+                calls.end(token);
             }
         }
         if let Some((token, index, lease)) = self.refetch.take() {
@@ -429,6 +452,8 @@ pub enum GrpcEnd {
     Unreadable,
     /// Closed with this gRPC status, no message.
     Closed(u32),
+    /// Envoy never reported the end: meshguard's deadline passed ([`fleet::DEADLINE_MARGIN_MS`]).
+    Deadline,
 }
 
 /// Answers 503 to a request meshguard cannot judge: never a pass.

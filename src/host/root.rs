@@ -25,6 +25,9 @@ use super::{log, now_ms, secret, set_log_level};
 /// all have (ms).
 const WAIT_TICK_MS: u32 = 50;
 const FAST_TICK_MS: u32 = 200;
+/// The timer with a fleet service: a fleet wait Envoy never ends is ended at most this long
+/// after its deadline.
+const FLEET_TICK_MS: u32 = 100;
 /// Also what flushes the batched counters.
 const SLOW_TICK_MS: u32 = 1000;
 
@@ -97,7 +100,8 @@ impl Root {
             crypto: BoringSsl::default(),
             waiting: RefCell::new(Vec::new()),
             orphans: RefCell::new(HashMap::new()),
-            fleet_calls: RefCell::new(HashMap::new()),
+            fleet_calls: RefCell::new(crate::ratelimit::fleet::Waits::default()),
+            fleet_log: RefCell::new(crate::ratelimit::fleet::LogBudget::default()),
         });
         worker
             .keys
@@ -172,6 +176,15 @@ impl Root {
             SLOW_TICK_MS
         } else {
             FAST_TICK_MS
+        };
+        // With a fleet service, the timer also ends fleet waits Envoy never ends (see
+        // `dispatch::expire_fleet_calls`): ticks close enough to bound them.
+        let has_fleet =
+            (worker.engine.config.rate_limits.as_ref()).is_some_and(|rl| rl.fleet.is_some());
+        let want = if has_fleet {
+            want.min(FLEET_TICK_MS)
+        } else {
+            want
         };
         if want != self.tick_ms && abi::set_tick_period_ms(want).is_ok() {
             self.tick_ms = want;

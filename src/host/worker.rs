@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::engine::Engine;
 use crate::jwks_sync::Lease;
 use crate::jwt::cache::TokenCache;
+use crate::ratelimit::fleet::{LogBudget, Waits};
 
 use super::crypto::BoringSsl;
 use super::keys::WorkerKeys;
@@ -31,7 +32,11 @@ pub struct Worker {
     /// Kid-miss fetches whose request went away: call token → provider and lease. The root
     /// finishes them when their answer arrives.
     pub orphans: RefCell<HashMap<u32, (usize, Lease)>>,
-    /// Fleet calls (gRPC) requests wait for: call token → HTTP context. The host delivers the
-    /// answer to the root context, which routes it with this. One entry per waiting request.
-    pub fleet_calls: RefCell<HashMap<u32, u32>>,
+    /// Fleet calls (gRPC) requests wait for: call token → HTTP context and the deadline (ms
+    /// since the epoch) after which the root's timer ends the wait if Envoy never reported the
+    /// call's end. The host delivers the answer to the root context, which routes it with this.
+    /// One entry per waiting request; the request removes it when it takes its answer.
+    pub fleet_calls: RefCell<Waits>,
+    /// Bounds the Warn lines about failed fleet calls.
+    pub fleet_log: RefCell<LogBudget>,
 }

@@ -181,6 +181,17 @@ impl Slots {
             let Some(limit) = rl.limits.get(policy) else {
                 continue;
             };
+            if !limit.has_local_bucket() {
+                // Fleet-only: nothing to read or charge here; the step is the fleet call's.
+                steps.push(Step {
+                    policy,
+                    slot: String::new(),
+                    cost,
+                    owner: 0,
+                    seen: None,
+                });
+                continue;
+            }
             let owner = match limit.by {
                 LimitBy::Global => identity_hash(&self.secret, "global"),
                 LimitBy::SourceIp => identity_hash(&self.secret, &source_ip_identity(peer)),
@@ -274,7 +285,7 @@ impl Charges {
     ) -> Result<Option<(usize, Verdict)>, Refusal> {
         let mut tightest: Option<(usize, Verdict)> = None;
         for step in self.steps {
-            let Some(limit) = rl.limits.get(step.policy) else {
+            let Some(limit) = rl.limits.get(step.policy).filter(|l| l.has_local_bucket()) else {
                 continue;
             };
             let Step {

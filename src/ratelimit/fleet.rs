@@ -85,12 +85,49 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// At most this many of the service's `response_headers_to_add` are copied to an answer.
 pub const MAX_SERVICE_HEADERS: usize = 8;
 
+/// At most this many entries a fleet policy adds to its descriptor (`fleet.entries`).
+pub const MAX_ENTRIES: usize = 4;
+/// The longest value of such an entry (bytes); a longer claim value counts as absent.
+pub const MAX_ENTRY_VALUE_LEN: usize = 64;
+/// The entry keys meshguard always sends: configured entries cannot take them.
+pub const RESERVED_KEYS: [&str; 2] = ["policy", "identity"];
+
+/// An entry a fleet policy adds to its descriptor after `policy` and `identity`
+/// (`policies.<name>.fleet.entries[]`): a key and where its value comes from, always a verified
+/// fact, never a client header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySpec {
+    pub key: String,
+    pub value: EntryValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryValue {
+    /// The matched route's name (`routes[].name`, else `routes[<i>]`).
+    Route,
+    /// A string claim of the verified token. When the request has no verified token, the claim
+    /// is missing, is not a string, is longer than [`MAX_ENTRY_VALUE_LEN`] or holds a control
+    /// character, the value is `default`; without a `default` the entry is left out and the
+    /// request is counted under the shorter descriptor.
+    Claim {
+        path: Vec<String>,
+        default: Option<String>,
+    },
+}
+
+/// The value of a claim entry from the claim as the token has it (`None`: absent or unusable).
+pub fn claim_entry_value(claim: Option<&serde_json::Value>) -> Option<String> {
+    let s = claim?.as_str()?;
+    (s.len() <= MAX_ENTRY_VALUE_LEN && !s.chars().any(char::is_control)).then(|| s.to_string())
+}
+
 /// One descriptor: the policy it counts against and the caller it counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// Index of the policy in `rateLimits.policies`.
     pub policy: usize,
-    pub entries: Vec<(&'static str, String)>,
+    /// `(key, value)` in order: `policy`, `identity`, then the policy's configured entries.
+    pub entries: Vec<(String, String)>,
     /// What this request costs against it (the route's `cost`).
     pub cost: u64,
 }
@@ -191,7 +228,7 @@ pub fn encode_request(domain: &str, descriptors: &[Descriptor]) -> Vec<u8> {
                     .entries
                     .iter()
                     .map(|(k, v)| Entry {
-                        key: (*k).to_string(),
+                        key: k.clone(),
                         value: v.clone(),
                     })
                     .collect(),
@@ -343,36 +380,46 @@ pub enum Failure {
     Unknown,
     /// The answer was not a `RateLimitResponse`.
     Malformed,
+    /// Envoy never reported the call's end: meshguard's own deadline (`timeoutMs` plus a
+    /// margin, checked on the worker's timer) ended the wait.
+    Deadline,
 }
 
 /// Every outcome of a fleet call, each with its metric `fleet.<code>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// `OK` without a status naming a limit (`current_limit`): no limit of the service matched
+    /// the descriptors. Allowed, without `RateLimit` headers (there are no numbers).
+    OkNoLimit,
     OverLimit,
     Failed(Failure),
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ok,
+        Outcome::OkNoLimit,
         Outcome::OverLimit,
         Outcome::Failed(Failure::Dispatch),
         Outcome::Failed(Failure::Timeout),
         Outcome::Failed(Failure::Unavailable),
         Outcome::Failed(Failure::Unknown),
         Outcome::Failed(Failure::Malformed),
+        Outcome::Failed(Failure::Deadline),
     ];
 
     pub const fn code(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::OkNoLimit => "ok_no_limit",
             Outcome::OverLimit => "over_limit",
             Outcome::Failed(Failure::Dispatch) => "failure.dispatch",
             Outcome::Failed(Failure::Timeout) => "failure.timeout",
             Outcome::Failed(Failure::Unavailable) => "failure.unavailable",
             Outcome::Failed(Failure::Unknown) => "failure.unknown",
             Outcome::Failed(Failure::Malformed) => "failure.malformed",
+            Outcome::Failed(Failure::Deadline) => "failure.deadline",
         }
     }
 }
@@ -388,6 +435,87 @@ pub fn failure_of_close(status: u32, elapsed_ms: u64, timeout_ms: u32) -> Failur
         Failure::Timeout
     } else {
         Failure::Unavailable
+    }
+}
+
+/// How much longer than `timeoutMs` a request waits for Envoy to report its call's end before
+/// meshguard ends the wait itself ([`Failure::Deadline`]): Envoy's own timer fires first.
+pub const DEADLINE_MARGIN_MS: u64 = 250;
+
+/// The fleet calls one worker's requests wait for: call token → the waiting HTTP context and
+/// the deadline (ms since the epoch) after which meshguard ends the wait itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waits {
+    calls: std::collections::BTreeMap<u32, (u32, u64)>,
+}
+
+impl Waits {
+    /// Context `context` waits for call `token`, started at `now_ms` with `timeout_ms`.
+    pub fn start(&mut self, token: u32, context: u32, now_ms: u64, timeout_ms: u32) {
+        let deadline = now_ms
+            .saturating_add(u64::from(timeout_ms))
+            .saturating_add(DEADLINE_MARGIN_MS);
+        self.calls.insert(token, (context, deadline));
+    }
+
+    /// The context waiting for call `token` (it stays registered until [`Waits::end`]).
+    pub fn waiter(&self, token: u32) -> Option<u32> {
+        self.calls.get(&token).map(|(context, _)| *context)
+    }
+
+    /// Call `token` is no longer waited for (answered, or its request is gone).
+    pub fn end(&mut self, token: u32) {
+        self.calls.remove(&token);
+    }
+
+    /// Removes and returns (token, context) of the calls past their deadline at `now_ms`, or of
+    /// all calls when `None` (the root context is going away).
+    pub fn expire(&mut self, now_ms: Option<u64>) -> Vec<(u32, u32)> {
+        let due: Vec<(u32, u32)> = self
+            .calls
+            .iter()
+            .filter(|(_, (_, deadline))| now_ms.is_none_or(|now| *deadline <= now))
+            .map(|(token, (context, _))| (*token, *context))
+            .collect();
+        for (token, _) in &due {
+            self.calls.remove(token);
+        }
+        due
+    }
+}
+
+/// Warn lines about failed calls, per worker: at most [`LogBudget::LINES`] per
+/// [`LogBudget::WINDOW_MS`]; the first line of a later window says how many were left out. A
+/// service that is down fails every request, and one log line per request would flood Envoy's
+/// log (the `fleet.failure.*` counters count every one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBudget {
+    /// When the current window began (`None`: no line yet).
+    window_start_ms: Option<u64>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    pub const LINES: u32 = 5;
+    pub const WINDOW_MS: u64 = 10_000;
+
+    /// May a line be logged at `now_ms`? `Some(n)`: yes, and `n` lines were left out before it
+    /// (to be said in it); `None`: no (counted).
+    pub fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        let current = self
+            .window_start_ms
+            .is_some_and(|start| (start..start.saturating_add(Self::WINDOW_MS)).contains(&now_ms));
+        if !current {
+            self.window_start_ms = Some(now_ms);
+            self.used = 0;
+        }
+        if self.used >= Self::LINES {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 

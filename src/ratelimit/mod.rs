@@ -59,8 +59,22 @@ pub struct RateLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fleet {
     pub service: fleet::Service,
-    /// Indexes into `limits` of the fleet policies (their local bucket is charged first).
+    /// Indexes into `limits` of the fleet policies (their local bucket, if any, is charged
+    /// first).
     pub policies: Vec<usize>,
+    /// The entries fleet policies add to their descriptor (`fleet.entries`): policy index and
+    /// its entries, for the policies that have some.
+    pub entries: Vec<(usize, Vec<fleet::EntrySpec>)>,
+}
+
+impl Fleet {
+    /// The entries policy `policy` adds to its descriptor (none for most).
+    pub fn entries(&self, policy: usize) -> &[fleet::EntrySpec] {
+        self.entries
+            .iter()
+            .find(|(p, _)| *p == policy)
+            .map_or(&[], |(_, e)| e.as_slice())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,7 +108,8 @@ pub struct Limit {
     pub burst: u64,
     /// What its buckets are per.
     pub by: LimitBy,
-    /// Number of shared-data slots (buckets) for this limit.
+    /// Number of shared-data slots (buckets) for this limit; 0 for a fleet-only policy, which
+    /// has no local bucket (`requests`, `per`, `burst` are then unused).
     pub slots: u32,
 }
 
@@ -157,6 +172,11 @@ pub struct Verdict {
 }
 
 impl Limit {
+    /// False for a fleet-only policy: nothing is charged locally, only the service counts.
+    pub fn has_local_bucket(&self) -> bool {
+        self.slots > 0
+    }
+
     /// Emission interval `T` in ns (at least 1).
     fn interval_ns(&self) -> u128 {
         (u128::from(self.per_ns) / u128::from(self.requests.max(1))).max(1)

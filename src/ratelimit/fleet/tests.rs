@@ -8,7 +8,10 @@ use crate::testkit::hex;
 fn descriptor(policy: usize, name: &str, identity: &str, cost: u64) -> Descriptor {
     Descriptor {
         policy,
-        entries: vec![("policy", name.into()), ("identity", identity.into())],
+        entries: vec![
+            ("policy".into(), name.into()),
+            ("identity".into(), identity.into()),
+        ],
         cost,
     }
 }
@@ -136,4 +139,37 @@ fn an_istio_cluster_name_gives_its_host_as_the_authority() {
     assert_eq!(default_authority("ratelimit"), "ratelimit");
     assert_eq!(default_authority("outbound|8081||"), "outbound|8081||");
     assert_eq!(default_authority("a|b|c|d|e"), "a|b|c|d|e");
+}
+
+/// 5 lines per 10 s: the 6th and 7th are left out, and the first line of the next window says
+/// so; a window with nothing left out says 0.
+#[test]
+fn failure_lines_are_bounded_per_window_and_count_what_was_left_out() {
+    let mut b = LogBudget::default();
+    let at = |b: &mut LogBudget, ms: u64, n: usize| (0..n).map(|_| b.admit(ms)).collect::<Vec<_>>();
+    assert_eq!(at(&mut b, 1_000, 5), vec![Some(0); 5]);
+    assert_eq!(at(&mut b, 10_999, 2), vec![None, None]);
+    assert_eq!(at(&mut b, 11_000, 2), vec![Some(2), Some(0)]);
+    assert_eq!(at(&mut b, 20_999, 3), vec![Some(0), Some(0), Some(0)]);
+    assert_eq!(b.admit(20_999), None);
+    // A clock that goes back starts a new window rather than muting the log.
+    assert_eq!(b.admit(5_000), Some(1));
+}
+
+/// Timeout 100 ms from t = 1000 ms: due at 1350 (the 250 ms margin), not before; a call that
+/// ended is never due; a root going away ends every wait.
+#[test]
+fn a_wait_is_due_after_its_timeout_and_the_margin() {
+    let mut w = Waits::default();
+    w.start(7, 70, 1_000, 100);
+    w.start(8, 80, 1_000, 2_000);
+    w.start(9, 90, 1_000, 100);
+    w.end(9);
+    assert_eq!(w.waiter(7), Some(70));
+    assert_eq!(w.waiter(9), None);
+    assert_eq!(w.expire(Some(1_349)), vec![]);
+    assert_eq!(w.expire(Some(1_350)), vec![(7, 70)]);
+    assert_eq!(w.waiter(7), None);
+    assert_eq!(w.expire(Some(1_350)), vec![]);
+    assert_eq!(w.expire(None), vec![(8, 80)]);
 }
