@@ -113,6 +113,15 @@ impl Peer {
         SpiffeId::parse(self.uri_san()?)
     }
 
+    /// The client certificate's SPIFFE ID (its URI SAN), only when something already read the
+    /// certificate for this request: never a host call of its own (for the filter state of an
+    /// allowed request, where each host call costs throughput).
+    pub fn spiffe_if_read(&self) -> Option<&str> {
+        let mtls = self.mtls.get().copied().unwrap_or(false);
+        let uri = self.uri_san.get()?.as_deref().filter(|_| mtls)?;
+        SpiffeId::parse(uri).map(|_| uri)
+    }
+
     /// The value of one peer field, for upstream headers. `None` when the peer has no
     /// verified identity or the field does not apply.
     pub fn field(&self, field: PeerField) -> Option<String> {

@@ -54,6 +54,8 @@ impl Plan {
             .and_then(|i| policy.routes.get(i))
             .and_then(|r| r.mode)
             .unwrap_or(policy.mode);
+        let mut fwd = fwd;
+        fwd.route = route;
         let decision = match result {
             Ok(()) => Decision::Allow(fwd),
             Err(reply) => {

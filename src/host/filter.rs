@@ -359,6 +359,7 @@ impl Filter {
 
     /// Applies a decision: forward (`CONTINUE`) or answer locally (`STOP`).
     fn apply(&mut self, decision: Decision, peer: &Peer) -> u32 {
+        set_facts(&decision, &self.worker.engine.config, peer);
         let metrics = &self.worker.metrics;
         match decision {
             Decision::Allow(fwd) => {
@@ -408,7 +409,7 @@ impl Filter {
                     .collect();
                 if let Err(e) = abi::send_local_response(
                     u32::from(reply.status),
-                    "",
+                    &reply.reason.response_code_details(),
                     &headers,
                     reply.body.as_bytes(),
                 ) {
@@ -420,6 +421,32 @@ impl Filter {
                 STOP
             }
         }
+    }
+}
+
+/// Puts the decision's facts in Envoy's filter state (`wasm.meshguard.*`), as `filterState`
+/// says. The SPIFFE ID of a denial is read if need be (the log line reads it too); an allowed
+/// request's only when the core already read it: no extra host call on the allowed path.
+fn set_facts(decision: &Decision, config: &crate::config::Config, peer: &Peer) {
+    let read;
+    let spiffe = match decision {
+        Decision::Deny(_) if config.filter_state != crate::config::FilterState::Off => {
+            read = peer.spiffe().map(|id| id.uri);
+            read.as_deref()
+        }
+        Decision::Deny(_) | Decision::Allow(_) => peer.spiffe_if_read(),
+    };
+    let mut failed = None;
+    crate::decision::facts::each(decision, config, spiffe, |key, value| {
+        if failed.is_none() {
+            failed = abi::set_property(key, value.as_bytes()).err();
+        }
+    });
+    if let Some(e) = failed {
+        log(
+            LogLevel::Debug,
+            &format!("meshguard: filter state not set ({e:?})"),
+        );
     }
 }
 
