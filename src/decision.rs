@@ -636,6 +636,7 @@ pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static
 }
 
 pub mod facts;
+pub mod log;
 
 #[cfg(test)]
 mod limit_headers_tests;

@@ -10,22 +10,16 @@ use super::{Caller, Decision, Forward, RateLimitFact};
 use crate::config::{Config, FilterState};
 use crate::jwt::principal::principal_name;
 
-/// Every fact, as the host sets it (Envoy prefixes `wasm.`), and what it holds.
-pub const FACTS: [(&str, &str); 8] = [
-    (DECISION, "`allow`, `deny` or `dry_run_deny`"),
-    (
-        REASON,
-        "the decision table's log code (denials and dry-run would-denies)",
-    ),
-    (ROUTE, "the matched route's `name`"),
-    (PRINCIPAL, "`<iss>/<sub>` of the verified token"),
-    (CLIENT_ID, "the verified token's `client_id` (else `azp`)"),
-    (SPIFFE_ID, "the client certificate's SPIFFE ID"),
-    (
-        RATE_LIMIT_POLICY,
-        "the rate-limit policy that reported on the request",
-    ),
-    (RATE_LIMIT_REMAINING, "what that policy had left after it"),
+/// Every fact's key, as the host sets it (Envoy prefixes `wasm.`), in the README's order.
+pub const FACTS: [&str; 8] = [
+    DECISION,
+    REASON,
+    ROUTE,
+    PRINCIPAL,
+    CLIENT_ID,
+    SPIFFE_ID,
+    RATE_LIMIT_POLICY,
+    RATE_LIMIT_REMAINING,
 ];
 
 pub const DECISION: &str = "meshguard.decision";
@@ -103,5 +97,26 @@ fn identity(
     }
     if let Some(id) = &caller.client_id {
         set(CLIENT_ID, id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The README's filter-state table: one row per key, `| \`wasm.<key>\` | …`.
+    #[test]
+    fn the_readme_filter_state_table_lists_every_fact() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("\n| filter-state key |")
+            .nth(1)
+            .expect("README has the filter-state table");
+        let listed: Vec<&str> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        let want: Vec<String> = super::FACTS.iter().map(|k| format!("wasm.{k}")).collect();
+        assert_eq!(listed, want);
     }
 }

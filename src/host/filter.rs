@@ -468,33 +468,14 @@ fn refuse_unjudged(why: &str) -> u32 {
     STOP
 }
 
-/// One JSON line per denial or dry-run would-deny: reason, status, route, what exactly failed
-/// when the core says (`detail`, e.g. the `htu` values a DPoP proof was compared with), request
-/// id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never
-/// the token or other claims.
+/// The log line of a denial or dry-run would-deny, with what the host knows of the request.
 fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
-    let caller = reply.caller.clone().unwrap_or_default();
-    let mut line = serde_json::Map::new();
-    line.insert("meshguard".into(), event.into());
-    line.insert("status".into(), reply.status.into());
-    line.insert("reason".into(), reply.reason.code().into());
-    // Absent facts are left out (not `null`): the identity keys appear only when verified.
-    let optional = [
-        ("route", reply.route.clone()),
-        ("detail", reply.detail.clone()),
-        ("request_id", property_text(&["request", "id"])),
-        ("source_address", peer.source_address().map(str::to_string)),
-        ("spiffe_id", peer.spiffe().map(|id| id.uri)),
-        ("iss", caller.iss),
-        ("sub", caller.sub),
-        ("client_id", caller.client_id),
-    ];
-    for (name, value) in optional {
-        if let Some(v) = value {
-            line.insert(name.into(), v.into());
-        }
-    }
-    serde_json::Value::Object(line).to_string()
+    let context = crate::decision::log::Context {
+        request_id: property_text(&["request", "id"]),
+        source_address: peer.source_address().map(str::to_string),
+        spiffe_id: peer.spiffe().map(|id| id.uri),
+    };
+    crate::decision::log::line(event, reply, context)
 }
 
 fn key_miss(reason: Reason) -> bool {
