@@ -300,3 +300,90 @@ fn the_shipped_access_log_shows_each_decision() {
     }
     drop(idp);
 }
+
+/// Later filters see the facts: RBAC matches `wasm.meshguard.route` as a string (it lets
+/// through only what meshguard routed to `open`), and Lua reads it on the response.
+#[test]
+fn rbac_and_lua_after_meshguard_read_its_filter_state() {
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: x
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+          http_filters:
+          - name: meshguard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: meshguard
+                root_id: meshguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"providers": [{{"name": "p", "issuer": "https://idp.test", "jwksUri": "http://idp.test/jwks", "jwksCluster": "idp"}}], "routes": [{{"name": "open", "token": "none", "match": {{"pathPrefixes": ["/open"]}}}}, {{"name": "elsewhere", "token": "none", "match": {{"pathPrefixes": ["/elsewhere"]}}}}]}}'
+                vm_config:
+                  vm_id: meshguard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {wasm}}}}}
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  routed-open:
+                    permissions: [{{any: true}}]
+                    principals:
+                    - filter_state: {{key: wasm.meshguard.route, string_match: {{exact: open}}}}
+          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_response(handle)
+                    local route = handle:streamInfo():filterState():get("wasm.meshguard.route")
+                    handle:headers():add("x-meshguard-route-seen", tostring(route))
+                  end
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: idp
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: idp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#,
+        wasm = wasm_path().display()
+    );
+    let envoy = Envoy::start(&yaml, 2);
+    let client = Client::plain(envoy.port("plain"));
+    let open = client.get("/open/x", &[]);
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert_eq!(open.header("x-meshguard-route-seen"), Some("open"));
+    let elsewhere = client.get("/elsewhere", &[]);
+    assert_eq!(
+        (elsewhere.status, elsewhere.body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    assert_eq!(
+        elsewhere.header("x-meshguard-route-seen"),
+        Some("elsewhere")
+    );
+}
