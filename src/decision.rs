@@ -687,6 +687,22 @@ mod tests {
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')));
     }
 
+    #[test]
+    fn every_429_and_only_a_429_is_marked_as_envoy_marks_its_own() {
+        for r in Reason::ALL {
+            let reply = LocalReply::new(r, "api", None);
+            let marked = reply
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "x-envoy-ratelimited" && v == "true");
+            assert_eq!(marked, r.status() == 429, "{}", r.code());
+        }
+        assert_eq!(
+            LocalReply::new(Reason::RateLimited(RateLimited::Fleet), "api", None).status,
+            429
+        );
+    }
+
     fn header<'a>(r: &'a LocalReply, name: &str) -> &'a str {
         r.headers
             .iter()

@@ -307,4 +307,38 @@ mod tests {
         let plain = Peer::default();
         assert_eq!(plain.spiffe(), None);
     }
+
+    struct Frontend;
+
+    impl PeerFacts for Frontend {
+        fn mtls(&self) -> bool {
+            true
+        }
+        fn uri_san(&self) -> Option<String> {
+            Some("spiffe://cluster.local/ns/web/sa/frontend".into())
+        }
+        fn certificate_sha256(&self) -> Option<String> {
+            None
+        }
+        fn source_address(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_spiffe_id_is_given_for_free_only_once_read() {
+        static FRONTEND: Frontend = Frontend;
+        let peer = Peer::lazy(&FRONTEND);
+        assert_eq!(peer.spiffe_if_read(), None, "nothing read yet");
+        assert!(peer.spiffe().is_some());
+        assert_eq!(
+            peer.spiffe_if_read(),
+            Some("spiffe://cluster.local/ns/web/sa/frontend")
+        );
+        let plain = Peer::from(PeerInfo {
+            uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
+            ..PeerInfo::default()
+        });
+        assert_eq!(plain.spiffe_if_read(), None, "no client certificate");
+    }
 }

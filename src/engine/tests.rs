@@ -340,6 +340,31 @@ fn dry_run_lets_a_denied_request_through_and_records_the_answer() {
 }
 
 #[test]
+fn a_dry_run_would_deny_is_a_dry_run_deny_in_the_filter_state() {
+    let keys = TestKeys::new();
+    let routes = json!([{"name": "admin", "match": {"paths": ["/admin"]}, "mode": "dryRun",
+        "require": {"roles": {"anyOf": ["admin"]}}}]);
+    let e = routed(&keys, json!({"routes": routes}), json!({}));
+    let viewer = keys.eddsa(claims(json!({"roles": ["viewer"], "client_id": "cli"})));
+    let d = request(&e, "GET", "/admin", Some(&viewer), &Peer::default());
+    let mut facts = Vec::new();
+    crate::decision::facts::each(&d, &e.0.config, None, |k, v| facts.push((k, v.to_string())));
+    assert_eq!(
+        facts,
+        [
+            ("meshguard.decision", "dry_run_deny".to_string()),
+            ("meshguard.reason", "insufficient_permissions".to_string()),
+            ("meshguard.route", "admin".to_string()),
+            (
+                "meshguard.principal",
+                "https://idp.example.com/alice".to_string()
+            ),
+            ("meshguard.client_id", "cli".to_string()),
+        ]
+    );
+}
+
+#[test]
 fn unmatched_routes_and_bad_paths() {
     let keys = TestKeys::new();
     let e = routed(
