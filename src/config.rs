@@ -96,6 +96,8 @@ struct RawConfig {
     token_cache: Option<RawTokenCache>,
     #[serde(default)]
     host_crypto: Option<bool>,
+    #[serde(default)]
+    filter_state: Option<FilterState>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +120,20 @@ pub enum LogLevel {
     Info,
     /// Also every allowed request.
     Debug,
+}
+
+/// Which requests get meshguard's facts in Envoy's filter state (`wasm.meshguard.*`, for access
+/// logs and later filters). Each fact set is one host call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FilterState {
+    /// Every request: allowed ones too (decision, route, principal, client id, rate limit).
+    #[default]
+    All,
+    /// Denials and dry-run would-denies only: allowed requests pay no host call for it.
+    Denials,
+    /// None.
+    Off,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,6 +168,8 @@ pub struct Config {
     pub token_cache_bytes: usize,
     /// Verify RS*/ES* through the host's BoringSSL when it offers `verify_signature`.
     pub host_crypto: bool,
+    /// Which requests get their facts in Envoy's filter state.
+    pub filter_state: FilterState,
 }
 
 impl Config {
@@ -205,6 +223,7 @@ impl TryFrom<RawConfig> for Config {
             log_level,
             token_cache,
             host_crypto,
+            filter_state,
         } = raw;
         let realm = realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
         if realm.is_empty()
@@ -278,6 +297,7 @@ impl TryFrom<RawConfig> for Config {
             token_cache_entries,
             token_cache_bytes,
             host_crypto: host_crypto.unwrap_or(true),
+            filter_state: filter_state.unwrap_or_default(),
         })
     }
 }

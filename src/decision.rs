@@ -281,6 +281,14 @@ impl Reason {
     pub const fn code(self) -> &'static str {
         self.row().code
     }
+
+    /// The local reply's response code details (Envoy's `%RESPONSE_CODE_DETAILS%`), derived
+    /// from the code: `meshguard_` and the code with `.` as `_`, e.g.
+    /// `meshguard_invalid_token_expired` (in the style of Envoy's `local_rate_limited`; no
+    /// spaces, which Envoy does not take in details).
+    pub fn response_code_details(self) -> String {
+        format!("meshguard_{}", self.code().replace('.', "_"))
+    }
 }
 
 impl From<&Denial> for Reason {
@@ -321,6 +329,17 @@ pub struct Forward {
     pub dry_run: Option<LocalReply>,
     /// Set on the upstream's response (remaining-quota headers).
     pub response_headers: Vec<(&'static str, String)>,
+    /// The matched route's index in the policy (for the filter state).
+    pub route: Option<usize>,
+    /// The policy that reported on this request and what it has left (for the filter state).
+    pub rate_limit: Option<RateLimitFact>,
+}
+
+/// A rate-limit policy's name and what it had left after the request (for the filter state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitFact {
+    pub policy: String,
+    pub remaining: u64,
 }
 
 impl Forward {
@@ -366,6 +385,8 @@ pub struct LocalReply {
     pub caller: Option<Box<Caller>>,
     /// What exactly failed, for the log line only (never sent): e.g. which `htu` was compared.
     pub detail: Option<String>,
+    /// The refusing rate-limit policy and what it has left (a 429 with a policy's quota).
+    pub rate_limit: Option<Box<RateLimitFact>>,
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
@@ -466,6 +487,10 @@ impl LocalReply {
             Quota::Absent | Quota::Policy => {}
             Quota::RetryAfterOne => headers.push(("retry-after", "1".to_string())),
         }
+        if row.status == 429 {
+            // As Envoy's own `local_ratelimit` marks its 429s.
+            headers.push(("x-envoy-ratelimited", "true".to_string()));
+        }
         let mut body = serde_json::Map::new();
         body.insert("error".into(), row.error.into());
         body.insert("error_description".into(), row.description.into());
@@ -477,6 +502,7 @@ impl LocalReply {
             route: None,
             caller: None,
             detail: None,
+            rate_limit: None,
             status: row.status,
             headers,
             body: serde_json::Value::Object(body).to_string(),
@@ -557,7 +583,13 @@ impl Answers {
         let reason = Reason::RateLimited(why);
         let mut reply = self.refuse(reason);
         match reason.row().quota {
-            Quota::Policy => reply.headers.extend(limit_headers(limit, verdict, true)),
+            Quota::Policy => {
+                reply.headers.extend(limit_headers(limit, verdict, true));
+                reply.rate_limit = Some(Box::new(RateLimitFact {
+                    policy: limit.name.clone(),
+                    remaining: verdict.remaining,
+                }));
+            }
             Quota::Absent | Quota::RetryAfterOne => {}
         }
         reply
@@ -602,6 +634,9 @@ pub fn limit_headers(limit: &Limit, v: &Verdict, refused: bool) -> Vec<(&'static
     }
     h
 }
+
+pub mod facts;
+pub mod log;
 
 #[cfg(test)]
 mod limit_headers_tests;
@@ -650,6 +685,22 @@ mod tests {
         assert!(codes.iter().all(|c| c
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')));
+    }
+
+    #[test]
+    fn every_429_and_only_a_429_is_marked_as_envoy_marks_its_own() {
+        for r in Reason::ALL {
+            let reply = LocalReply::new(r, "api", None);
+            let marked = reply
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "x-envoy-ratelimited" && v == "true");
+            assert_eq!(marked, r.status() == 429, "{}", r.code());
+        }
+        assert_eq!(
+            LocalReply::new(Reason::RateLimited(RateLimited::Fleet), "api", None).status,
+            429
+        );
     }
 
     fn header<'a>(r: &'a LocalReply, name: &str) -> &'a str {

@@ -20,9 +20,9 @@ pub use fleet::FleetCall;
 pub use inputs::{Events, Inputs};
 pub use plan::Plan;
 
-use crate::config::Config;
+use crate::config::{Config, FilterState};
 use crate::decision::{
-    limit_headers, Answers, Caller, Decision, DpopOffer, Forward, LocalReply, Reason,
+    limit_headers, Answers, Caller, Decision, DpopOffer, Forward, LocalReply, RateLimitFact, Reason,
 };
 use crate::jwt::extract::RequestError;
 use crate::policy::path::normalized;
@@ -134,10 +134,18 @@ impl Engine {
                 let reply = plan::rate_limited(self, rl, refusal);
                 overrule(decision, reply, route_name(), mode, debts.caller.as_deref())
             }
-            (Ok(Some((policy, verdict))), Decision::Allow(fwd)) if rl.response_headers => {
+            (Ok(Some((policy, verdict))), Decision::Allow(fwd)) => {
                 if let Some(limit) = rl.limits.get(policy) {
-                    fwd.response_headers
-                        .extend(limit_headers(limit, &verdict, false));
+                    if rl.response_headers {
+                        fwd.response_headers
+                            .extend(limit_headers(limit, &verdict, false));
+                    }
+                    if self.config.filter_state == FilterState::All {
+                        fwd.rate_limit = Some(RateLimitFact {
+                            policy: limit.name.clone(),
+                            remaining: verdict.remaining,
+                        });
+                    }
                 }
                 decision
             }

@@ -113,6 +113,15 @@ impl Peer {
         SpiffeId::parse(self.uri_san()?)
     }
 
+    /// The client certificate's SPIFFE ID (its URI SAN), only when something already read the
+    /// certificate for this request: never a host call of its own (for the filter state of an
+    /// allowed request, where each host call costs throughput).
+    pub fn spiffe_if_read(&self) -> Option<&str> {
+        let mtls = self.mtls.get().copied().unwrap_or(false);
+        let uri = self.uri_san.get()?.as_deref().filter(|_| mtls)?;
+        SpiffeId::parse(uri).map(|_| uri)
+    }
+
     /// The value of one peer field, for upstream headers. `None` when the peer has no
     /// verified identity or the field does not apply.
     pub fn field(&self, field: PeerField) -> Option<String> {
@@ -297,5 +306,39 @@ mod tests {
         assert_eq!(peer.field(PeerField::CertificateSha256), None);
         let plain = Peer::default();
         assert_eq!(plain.spiffe(), None);
+    }
+
+    struct Frontend;
+
+    impl PeerFacts for Frontend {
+        fn mtls(&self) -> bool {
+            true
+        }
+        fn uri_san(&self) -> Option<String> {
+            Some("spiffe://cluster.local/ns/web/sa/frontend".into())
+        }
+        fn certificate_sha256(&self) -> Option<String> {
+            None
+        }
+        fn source_address(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_spiffe_id_is_given_for_free_only_once_read() {
+        static FRONTEND: Frontend = Frontend;
+        let peer = Peer::lazy(&FRONTEND);
+        assert_eq!(peer.spiffe_if_read(), None, "nothing read yet");
+        assert!(peer.spiffe().is_some());
+        assert_eq!(
+            peer.spiffe_if_read(),
+            Some("spiffe://cluster.local/ns/web/sa/frontend")
+        );
+        let plain = Peer::from(PeerInfo {
+            uri_san: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
+            ..PeerInfo::default()
+        });
+        assert_eq!(plain.spiffe_if_read(), None, "no client certificate");
     }
 }

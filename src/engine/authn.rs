@@ -17,7 +17,7 @@ use std::rc::Rc;
 use super::inputs::{Events, Inputs};
 use super::Engine;
 use crate::config::{Provider, TokenSource};
-use crate::decision::{Forward, LocalReply, RateLimited, Reason};
+use crate::decision::{Caller, Forward, LocalReply, RateLimited, Reason};
 use crate::jwt::cache::{token_hash, whole_token_hash, Cached, Failed};
 use crate::jwt::extract::extract;
 use crate::jwt::principal::{claim_header_value, istio_principal, Principal};
@@ -244,14 +244,17 @@ fn derive_principal(engine: &Engine, verified: &VerifiedToken) -> Principal {
             }
         }
     }
-    if let Some(p) = istio_principal(claims) {
-        upstream_headers.push((cfg.principal_header.clone(), p));
+    let name = istio_principal(claims);
+    if let Some(p) = &name {
+        upstream_headers.push((cfg.principal_header.clone(), p.clone()));
     }
     Principal {
         claims: claims.clone(),
         rate_identity,
         scopes: cfg.policy.scopes.granted_mask(claims),
         upstream_headers,
+        name,
+        client_id: Caller::from_claims(claims).client_id,
     }
 }
 

@@ -44,7 +44,7 @@ impl Plan {
     /// gave `result`.
     pub(super) fn new(
         engine: &Engine,
-        fwd: Forward,
+        mut fwd: Forward,
         route: Option<usize>,
         result: Result<(), LocalReply>,
         debts: Debts,
@@ -54,6 +54,7 @@ impl Plan {
             .and_then(|i| policy.routes.get(i))
             .and_then(|r| r.mode)
             .unwrap_or(policy.mode);
+        fwd.route = route;
         let decision = match result {
             Ok(()) => Decision::Allow(fwd),
             Err(reply) => {

@@ -340,6 +340,31 @@ fn dry_run_lets_a_denied_request_through_and_records_the_answer() {
 }
 
 #[test]
+fn a_dry_run_would_deny_is_a_dry_run_deny_in_the_filter_state() {
+    let keys = TestKeys::new();
+    let routes = json!([{"name": "admin", "match": {"paths": ["/admin"]}, "mode": "dryRun",
+        "require": {"roles": {"anyOf": ["admin"]}}}]);
+    let e = routed(&keys, json!({"routes": routes}), json!({}));
+    let viewer = keys.eddsa(claims(json!({"roles": ["viewer"], "client_id": "cli"})));
+    let d = request(&e, "GET", "/admin", Some(&viewer), &Peer::default());
+    let mut facts = Vec::new();
+    crate::decision::facts::each(&d, &e.0.config, None, |k, v| facts.push((k, v.to_string())));
+    assert_eq!(
+        facts,
+        [
+            ("meshguard.decision", "dry_run_deny".to_string()),
+            ("meshguard.reason", "insufficient_permissions".to_string()),
+            ("meshguard.route", "admin".to_string()),
+            (
+                "meshguard.principal",
+                "https://idp.example.com/alice".to_string()
+            ),
+            ("meshguard.client_id", "cli".to_string()),
+        ]
+    );
+}
+
+#[test]
 fn unmatched_routes_and_bad_paths() {
     let keys = TestKeys::new();
     let e = routed(
@@ -1002,6 +1027,107 @@ mod rate_limits {
             let e = base(rl, routes);
             assert!(e.starts_with(want), "want {want:?}, got {e:?}");
         }
+    }
+
+    /// The filter-state facts of a decision, as the host would set them.
+    fn facts(w: &World, d: &Decision, spiffe: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        crate::decision::facts::each(d, &w.engine.config, spiffe, |k, v| {
+            out.push((k, v.to_string()))
+        });
+        out
+    }
+
+    #[test]
+    fn filter_state_facts_of_an_allowed_a_throttled_and_an_unauthenticated_request() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let token = keys.eddsa(claims(
+            json!({"sub": "bob", "plan": "free", "azp": "web-app"}),
+        ));
+        let d = w.call("/items", Some(&token), "10.0.0.9", NOW);
+        assert_eq!(
+            facts(&w, &d, None),
+            [
+                ("meshguard.decision", "allow".to_string()),
+                ("meshguard.route", "api".to_string()),
+                (
+                    "meshguard.principal",
+                    "https://idp.example.com/bob".to_string()
+                ),
+                ("meshguard.client_id", "web-app".to_string()),
+                ("meshguard.rate_limit_policy", "free".to_string()),
+                ("meshguard.rate_limit_remaining", "59".to_string()),
+            ]
+        );
+        assert_eq!(w.admitted(5, "/login", None, "10.0.0.9", NOW), 5);
+        let d = w.call("/login", None, "10.0.0.9", NOW);
+        assert_eq!(
+            facts(&w, &d, Some("spiffe://cluster.local/ns/web/sa/frontend")),
+            [
+                ("meshguard.decision", "deny".to_string()),
+                ("meshguard.reason", "rate_limited".to_string()),
+                ("meshguard.route", "login".to_string()),
+                (
+                    "meshguard.spiffe_id",
+                    "spiffe://cluster.local/ns/web/sa/frontend".to_string()
+                ),
+                ("meshguard.rate_limit_policy", "login".to_string()),
+                ("meshguard.rate_limit_remaining", "0".to_string()),
+            ]
+        );
+        let expired = keys.eddsa(claims(
+            json!({"sub": "bob", "exp": NOW - 600, "iat": NOW - 900}),
+        ));
+        let d = w.call("/items", Some(&expired), "10.0.0.9", NOW);
+        assert_eq!(
+            facts(&w, &d, None),
+            [
+                ("meshguard.decision", "deny".to_string()),
+                ("meshguard.reason", "invalid_token.expired".to_string()),
+                ("meshguard.route", "api".to_string()),
+            ],
+            "an unverified caller has no principal"
+        );
+    }
+
+    #[test]
+    fn filter_state_denials_only_or_off() {
+        let keys = TestKeys::new();
+        let token = keys.eddsa(claims(json!({"sub": "bob"})));
+        let expired = keys.eddsa(claims(
+            json!({"sub": "bob", "exp": NOW - 600, "iat": NOW - 900}),
+        ));
+        for (mode, allowed, denied) in [("denials", 0, 3), ("off", 0, 0), ("all", 5, 3)] {
+            let mut w = world(&keys);
+            let doc = json!({"filterState": mode});
+            w.engine.config.filter_state =
+                serde_json::from_value(doc["filterState"].clone()).unwrap();
+            let d = w.call("/items", Some(&token), "10.0.0.9", NOW);
+            assert_eq!(facts(&w, &d, None).len(), allowed, "{mode}: allowed");
+            let d = w.call("/items", Some(&expired), "10.0.0.9", NOW);
+            assert_eq!(facts(&w, &d, None).len(), denied, "{mode}: denied");
+        }
+    }
+
+    #[test]
+    fn response_code_details_come_from_the_log_code() {
+        assert_eq!(
+            Reason::InvalidToken(crate::jwt::TokenError::Expired).response_code_details(),
+            "meshguard_invalid_token_expired"
+        );
+        assert_eq!(
+            Reason::RateLimited(RateLimited::Limit).response_code_details(),
+            "meshguard_rate_limited"
+        );
+        let details: std::collections::BTreeSet<String> = Reason::ALL
+            .iter()
+            .map(|r| r.response_code_details())
+            .collect();
+        assert_eq!(details.len(), Reason::COUNT, "distinct");
+        assert!(details
+            .iter()
+            .all(|d| d.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
     }
 }
 

@@ -115,6 +115,12 @@ mod raw {
             out_data: *mut *mut u8,
             out_size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_property(
+            path: *const u8,
+            path_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_get_shared_data(
             key: *const u8,
             key_size: usize,
@@ -274,6 +280,16 @@ pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
     let encoded = wire::encode_path(path);
     // SAFETY: pointer/length of a live Vec; out-pointers are live locals of `buffer_call`.
     buffer_call(|d, s| unsafe { raw::proxy_get_property(encoded.as_ptr(), encoded.len(), d, s) })
+}
+
+/// Sets a property of the current request. Envoy keeps it in the request's filter state under
+/// `wasm.<path>` (bytes, mutable, for the filter chain's life): `%FILTER_STATE(wasm.<path>:PLAIN)%`
+/// in an access log, `filter_state["wasm.<path>"]` in CEL. `NotFound`: no current request.
+pub fn set_property(path: &str, value: &[u8]) -> HostResult<()> {
+    // SAFETY: pointers/lengths of live slices.
+    check(unsafe {
+        raw::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len())
+    })
 }
 
 /// A shared-data value and its CAS; `Ok(None)` when the key does not exist. An existing key with

@@ -382,6 +382,7 @@ impl Filter {
 
     /// Applies a decision: forward (`CONTINUE`) or answer locally (`STOP`).
     fn apply(&mut self, decision: Decision, peer: &Peer) -> u32 {
+        set_facts(&decision, &self.worker.engine.config, peer);
         let metrics = &self.worker.metrics;
         match decision {
             Decision::Allow(fwd) => {
@@ -431,7 +432,7 @@ impl Filter {
                     .collect();
                 if let Err(e) = abi::send_local_response(
                     u32::from(reply.status),
-                    "",
+                    &reply.reason.response_code_details(),
                     &headers,
                     reply.body.as_bytes(),
                 ) {
@@ -443,6 +444,32 @@ impl Filter {
                 STOP
             }
         }
+    }
+}
+
+/// Puts the decision's facts in Envoy's filter state (`wasm.meshguard.*`), as `filterState`
+/// says. The SPIFFE ID of a denial is read if need be (the log line reads it too); an allowed
+/// request's only when the core already read it: no extra host call on the allowed path.
+fn set_facts(decision: &Decision, config: &crate::config::Config, peer: &Peer) {
+    let read;
+    let spiffe = match decision {
+        Decision::Deny(_) if config.filter_state != crate::config::FilterState::Off => {
+            read = peer.spiffe().map(|id| id.uri);
+            read.as_deref()
+        }
+        Decision::Deny(_) | Decision::Allow(_) => peer.spiffe_if_read(),
+    };
+    let mut failed = None;
+    crate::decision::facts::each(decision, config, spiffe, |key, value| {
+        if failed.is_none() {
+            failed = abi::set_property(key, value.as_bytes()).err();
+        }
+    });
+    if let Some(e) = failed {
+        log(
+            LogLevel::Debug,
+            &format!("meshguard: filter state not set ({e:?})"),
+        );
     }
 }
 
@@ -466,33 +493,14 @@ fn refuse_unjudged(why: &str) -> u32 {
     STOP
 }
 
-/// One JSON line per denial or dry-run would-deny: reason, status, route, what exactly failed
-/// when the core says (`detail`, e.g. the `htu` values a DPoP proof was compared with), request
-/// id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never
-/// the token or other claims.
+/// The log line of a denial or dry-run would-deny, with what the host knows of the request.
 fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
-    let caller = reply.caller.clone().unwrap_or_default();
-    let mut line = serde_json::Map::new();
-    line.insert("meshguard".into(), event.into());
-    line.insert("status".into(), reply.status.into());
-    line.insert("reason".into(), reply.reason.code().into());
-    // Absent facts are left out (not `null`): the identity keys appear only when verified.
-    let optional = [
-        ("route", reply.route.clone()),
-        ("detail", reply.detail.clone()),
-        ("request_id", property_text(&["request", "id"])),
-        ("source_address", peer.source_address().map(str::to_string)),
-        ("spiffe_id", peer.spiffe().map(|id| id.uri)),
-        ("iss", caller.iss),
-        ("sub", caller.sub),
-        ("client_id", caller.client_id),
-    ];
-    for (name, value) in optional {
-        if let Some(v) = value {
-            line.insert(name.into(), v.into());
-        }
-    }
-    serde_json::Value::Object(line).to_string()
+    let context = crate::decision::log::Context {
+        request_id: property_text(&["request", "id"]),
+        source_address: peer.source_address().map(str::to_string),
+        spiffe_id: peer.spiffe().map(|id| id.uri),
+    };
+    crate::decision::log::line(event, reply, context)
 }
 
 fn key_miss(reason: Reason) -> bool {

@@ -19,6 +19,10 @@ pub struct Principal {
     pub scopes: u128,
     /// Upstream headers from the token (`outputClaimToHeaders`, `principalHeader`), ready to set.
     pub upstream_headers: Vec<(String, String)>,
+    /// `<iss>/<sub>` ([`istio_principal`]) and the client id (`client_id`, else `azp`), for the
+    /// filter state.
+    pub name: Option<String>,
+    pub client_id: Option<String>,
 }
 
 /// Claims compare as JSON values; the derive needs `Eq` for `Decision`'s.
@@ -26,7 +30,12 @@ impl Eq for Principal {}
 
 /// Istio's `request.auth.principal`: `<iss>/<sub>`.
 pub fn istio_principal(claims: &Claims) -> Option<String> {
-    let v = format!("{}/{}", claims.iss.as_deref()?, claims.sub.as_deref()?);
+    principal_name(claims.iss.as_deref(), claims.sub.as_deref())
+}
+
+/// `<iss>/<sub>` when both are there and the result is header-safe.
+pub fn principal_name(iss: Option<&str>, sub: Option<&str>) -> Option<String> {
+    let v = format!("{}/{}", iss?, sub?);
     header_safe(&v).then_some(v)
 }
 
