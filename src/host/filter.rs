@@ -21,6 +21,7 @@ use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
+use crate::metrics::{identity_bucket, refused_identity, Verdict};
 use crate::ratelimit::fleet::{self, Failure};
 use crate::request::RequestView;
 
@@ -52,6 +53,11 @@ pub struct Filter {
     fleet: Option<(u32, FleetCall, Decision, u64)>,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
+    /// For metrics: the matched route and the provider that verified the token (as last
+    /// decided), and when the request's headers arrived (ns since the epoch).
+    route: Option<usize>,
+    provider: Option<usize>,
+    started_ns: u64,
 }
 
 impl Filter {
@@ -64,6 +70,9 @@ impl Filter {
             waiting: None,
             fleet: None,
             allowed: false,
+            route: None,
+            provider: None,
+            started_ns: 0,
         }
     }
 
@@ -83,6 +92,7 @@ impl Filter {
         let Some(now) = now_ns() else {
             return refuse_unjudged("the host clock is unavailable");
         };
+        self.started_ns = now;
         let (plan, events, peer) = self.evaluate(now);
         let now_ms = now / 1_000_000;
         // A request that waits is decided again later: its plan is dropped unsettled (it charged
@@ -110,7 +120,7 @@ impl Filter {
                 return STOP;
             }
         }
-        self.finish(plan, now, &peer)
+        self.finish(plan, events.provider, now, &peer)
     }
 
     /// Until when a request may wait for provider `index`'s first keys: `None` when the provider
@@ -140,9 +150,9 @@ impl Filter {
         let Some(now) = now_ns() else {
             return true;
         };
-        let (plan, _, peer) = self.evaluate(now);
+        let (plan, events, peer) = self.evaluate(now);
         self.waiting = None;
-        if self.finish(plan, now, &peer) == CONTINUE {
+        if self.finish(plan, events.provider, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
         false
@@ -163,15 +173,17 @@ impl Filter {
             return;
         };
         jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
-        let (plan, _, peer) = self.evaluate(now);
-        if self.finish(plan, now, &peer) == CONTINUE {
+        let (plan, events, peer) = self.evaluate(now);
+        if self.finish(plan, events.provider, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
     }
 
     /// Pays the plan and answers; when the request also needs the fleet's answer (its local
     /// buckets admitted it), asks for it: `STOP` while it waits.
-    fn finish(&mut self, mut plan: Plan, now: u64, peer: &Peer) -> u32 {
+    fn finish(&mut self, mut plan: Plan, provider: Option<usize>, now: u64, peer: &Peer) -> u32 {
+        self.route = plan.route();
+        self.provider = provider;
         let call = plan.take_fleet();
         let decision = self.settle(plan, now);
         let service = (self.worker.engine.config.rate_limits.as_ref())
@@ -360,15 +372,20 @@ impl Filter {
     /// Applies a decision: forward (`CONTINUE`) or answer locally (`STOP`).
     fn apply(&mut self, decision: Decision, peer: &Peer) -> u32 {
         let metrics = &self.worker.metrics;
+        if metrics.time_this_one() {
+            if let Some(now) = now_ns() {
+                metrics.decision_time(now.saturating_sub(self.started_ns) / 1_000);
+            }
+        }
         match decision {
             Decision::Allow(fwd) => {
-                metrics.allowed();
+                metrics.allowed(self.route, self.provider);
                 if let Some(would) = &fwd.dry_run {
-                    metrics.dry_run_would_deny();
+                    metrics.refused(Verdict::DryRun, would, self.route, self.provider, None);
                     if log_enabled(LogLevel::Info) {
                         log(
                             LogLevel::Info,
-                            &decision_line("dry_run_would_deny", would, peer),
+                            &decision_line("dry_run_would_deny", would, peer, None),
                         );
                     }
                 } else {
@@ -397,9 +414,17 @@ impl Filter {
                 CONTINUE
             }
             Decision::Deny(reply) => {
-                metrics.denied(reply.reason);
+                let spiffe = peer.spiffe().map(|id| id.uri);
+                let identity = refused_identity(
+                    reply.caller.as_deref(),
+                    spiffe.as_deref(),
+                    peer.source_address(),
+                )
+                .map(|id| identity_bucket(&id));
+                let bucket = identity.as_deref();
+                metrics.refused(Verdict::Deny, &reply, self.route, self.provider, bucket);
                 if log_enabled(LogLevel::Info) {
-                    log(LogLevel::Info, &decision_line("deny", &reply, peer));
+                    log(LogLevel::Info, &decision_line("deny", &reply, peer, bucket));
                 }
                 let headers: Vec<(&str, &[u8])> = reply
                     .headers
@@ -443,9 +468,10 @@ fn refuse_unjudged(why: &str) -> u32 {
 
 /// One JSON line per denial or dry-run would-deny: reason, status, route, what exactly failed
 /// when the core says (`detail`, e.g. the `htu` values a DPoP proof was compared with), request
-/// id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP). Never
-/// the token or other claims.
-fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
+/// id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP), and the
+/// refused identity's bucket in `meshguard_refused_identities_total`. Never the token or other
+/// claims.
+fn decision_line(event: &str, reply: &LocalReply, peer: &Peer, bucket: Option<&str>) -> String {
     let caller = reply.caller.clone().unwrap_or_default();
     let mut line = serde_json::Map::new();
     line.insert("meshguard".into(), event.into());
@@ -461,6 +487,7 @@ fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
         ("iss", caller.iss),
         ("sub", caller.sub),
         ("client_id", caller.client_id),
+        ("identity_bucket", bucket.map(str::to_string)),
     ];
     for (name, value) in optional {
         if let Some(v) = value {
