@@ -17,7 +17,7 @@ WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 # The rate-limit service of the fleet tests (tools/rls: Limitador's engine behind Envoy's RLS API).
 export MESHGUARD_RLS := $(CURDIR)/tools/rls/target/release/meshguard-rls
 
-.PHONY: all setup build wasm rls lint test test-unit test-wasm test-integration demo run check-config bench image clean
+.PHONY: all setup build wasm rls prometheus lint test test-unit test-wasm test-integration demo run check-config bench image clean
 
 all: build
 
@@ -58,7 +58,11 @@ rls:
 	@command -v redis-server >/dev/null || { apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; }
 	cargo build --release --manifest-path tools/rls/Cargo.toml
 
-test-integration: build rls
+# The Prometheus that tests/prometheus.rs runs against a real Envoy (Debian `prometheus`).
+prometheus:
+	@command -v prometheus >/dev/null || { apt-get install -y -qq prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus; }; }
+
+test-integration: build rls prometheus
 	@"$(ENVOY_BIN)" --version
 	cargo test --test '*'
 
