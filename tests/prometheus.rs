@@ -427,6 +427,30 @@ fn every_board_panel_shows_the_scripted_traffic() {
             ("provider", "saas-idp"),
         ]
     );
+    // The board as a picture (tools/board.py), from two snapshots of this run: rates.
+    let snapshot = |name: &str| {
+        let (_, text) = http_get(envoy.admin, "/stats/prometheus").unwrap();
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let before = snapshot("before.prom");
+    round();
+    let after = snapshot("after.prom");
+    let png = dir.join("board.png");
+    board_tool(&[
+        "--prom",
+        before.to_str().unwrap(),
+        "--prom",
+        after.to_str().unwrap(),
+        "--interval",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+
     // The refused identity's bucket is in its denial log line too.
     let lines = json_log_lines(&envoy.log_text(), "deny");
     assert!(
