@@ -62,7 +62,8 @@ fn label_values_cannot_break_out_of_their_tag() {
 /// Envoy's tag extraction as documented (`config.metrics.v3.TagSpecifier`): every rule is
 /// matched against the whole name, the first capture group is cut out of it, the second is
 /// the tag's value. Then `/stats/prometheus` drops the `wasmcustom.` namespace and writes `.`
-/// as `_`.
+/// as `_`. (Host only: the `regex` crate is a host dev-dependency.)
+#[cfg(not(target_arch = "wasm32"))]
 fn envoy_prometheus(stat: &str) -> (String, Vec<(String, String)>) {
     let full = format!("wasmcustom.{stat}");
     let mut cut: Vec<(usize, usize)> = Vec::new();
@@ -87,6 +88,7 @@ fn envoy_prometheus(stat: &str) -> (String, Vec<(String, String)>) {
     (name, tags)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn the_tag_rules_turn_every_family_into_labels() {
     let (name, tags) = envoy_prometheus(&stat_name(
