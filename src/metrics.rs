@@ -230,10 +230,11 @@ pub const IDENTITY_BUCKETS: u8 = 64;
 
 /// The identity a refusal is counted against: the verified token's `iss/sub` (Istio's
 /// `request.auth.principal`), else the peer's SPIFFE ID, else the source IP (without port).
+/// The peer's facts are asked for only when needed (each may be a host property read).
 pub fn refused_identity(
     caller: Option<&Caller>,
-    spiffe_id: Option<&str>,
-    source_address: Option<&str>,
+    spiffe_id: impl FnOnce() -> Option<String>,
+    source_address: impl FnOnce() -> Option<String>,
 ) -> Option<String> {
     if let Some(Caller {
         iss: Some(iss),
@@ -243,15 +244,15 @@ pub fn refused_identity(
     {
         return Some(format!("{iss}/{sub}"));
     }
-    if let Some(id) = spiffe_id {
-        return Some(id.to_string());
+    if let Some(id) = spiffe_id() {
+        return Some(id);
     }
-    source_address.map(|a| match a.rsplit_once(':') {
+    source_address().map(|a| match a.rsplit_once(':') {
         // `[::1]:443` and `10.0.0.7:51234`; a bare address stays whole.
         Some((ip, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
             ip.trim_start_matches('[').trim_end_matches(']').to_string()
         }
-        _ => a.to_string(),
+        _ => a,
     })
 }
 
@@ -318,12 +319,6 @@ impl Layout {
     fn provider_slot(&self, provider: Option<usize>) -> usize {
         let none = self.providers.len().saturating_sub(1);
         provider.filter(|p| *p < none).unwrap_or(none)
-    }
-
-    /// The route index of a route name (a refusal carries the name).
-    pub fn route_index(&self, config: &Config, name: Option<&str>) -> Option<usize> {
-        let name = name?;
-        config.policy.routes.iter().position(|r| r.name == name)
     }
 
     /// How many allowed-request series there are.

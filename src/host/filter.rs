@@ -414,11 +414,10 @@ impl Filter {
                 CONTINUE
             }
             Decision::Deny(reply) => {
-                let spiffe = peer.spiffe().map(|id| id.uri);
                 let identity = refused_identity(
                     reply.caller.as_deref(),
-                    spiffe.as_deref(),
-                    peer.source_address(),
+                    || peer.spiffe().map(|id| id.uri),
+                    || peer.source_address().map(str::to_string),
                 )
                 .map(|id| identity_bucket(&id));
                 let bucket = identity.as_deref();
