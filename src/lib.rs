@@ -21,6 +21,7 @@
 //! | [`decision`] | the one table reason → status, challenge, body, log code, metric slot, 429 headers; answers prebuilt per configuration |
 //! | [`engine`] | the pipeline: `decide` (reads only) → a plan, `settle` (pays it once); authentication in `engine::authn` |
 //! | [`dpop`] | DPoP (RFC 9449) building blocks: proofs, thumbprints, `htu`, replay cache, nonces (used by `engine::dpop`) |
+//! | [`metrics`] | metric families, label sets and values, the Envoy/Istio tag rules that make them Prometheus labels |
 //! | [`jwks_sync`] | shared-data layout and schedule of remote JWKS fetches, fetch answers judged |
 //! | [`wire`] | the proxy-wasm ABI's byte formats (header maps, property paths) |
 
@@ -33,6 +34,7 @@ pub mod engine;
 pub mod identity;
 pub mod jwks_sync;
 pub mod jwt;
+pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod request;

@@ -4,7 +4,7 @@
 use super::LocalReply;
 
 /// Every field a line can carry, in the order the README's table lists them.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "meshguard",
     "status",
     "reason",
@@ -16,6 +16,7 @@ pub const FIELDS: [&str; 11] = [
     "iss",
     "sub",
     "client_id",
+    "identity_bucket",
 ];
 
 /// What the host knows of the connection and request (each read only for a line).
@@ -24,11 +25,14 @@ pub struct Context {
     pub request_id: Option<String>,
     pub source_address: Option<String>,
     pub spiffe_id: Option<String>,
+    /// The refused identity's bucket in `meshguard_refused_identities_total` (denials only).
+    pub identity_bucket: Option<String>,
 }
 
 /// One line: `event` (`deny` or `dry_run_would_deny`), status, reason code, route, what exactly
 /// failed when the core says (`detail`, e.g. the `htu` values a DPoP proof was compared with),
-/// request id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP).
+/// request id and identity keys (iss, sub, client_id only when verified; SPIFFE ID, source IP),
+/// and the refused identity's bucket.
 pub fn line(event: &str, reply: &LocalReply, context: Context) -> String {
     let caller = reply.caller.as_deref().cloned().unwrap_or_default();
     let mut line = serde_json::Map::new();
@@ -44,6 +48,7 @@ pub fn line(event: &str, reply: &LocalReply, context: Context) -> String {
         ("iss", caller.iss),
         ("sub", caller.sub),
         ("client_id", caller.client_id),
+        ("identity_bucket", context.identity_bucket),
     ];
     for (name, value) in optional {
         if let Some(v) = value {
@@ -83,6 +88,7 @@ mod tests {
             request_id: Some("id".into()),
             source_address: Some("10.0.0.1:1".into()),
             spiffe_id: Some("spiffe://td/ns/a/sa/b".into()),
+            identity_bucket: Some("17".into()),
         };
         let all: BTreeSet<String> = FIELDS.iter().map(|f| f.to_string()).collect();
         assert_eq!(keys(&line("deny", &full, context)), all);

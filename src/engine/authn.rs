@@ -97,6 +97,7 @@ pub fn authenticate(
     let (provider, principal) = match cached(engine, inputs, token, sources) {
         Some((provider, index, principal)) => {
             events.cache_hits += 1;
+            events.provider = Some(index);
             // Time and audience are judged again with the current clock.
             check_claims(&principal.claims, provider, inputs.now_ns / 1_000_000_000)
                 .map_err(invalid)?;
@@ -116,6 +117,7 @@ pub fn authenticate(
             (verified.provider, principal)
         }
     };
+    events.provider = Some(provider);
     let required = cfg
         .providers
         .get(provider)

@@ -37,6 +37,9 @@ pub struct Events {
     pub failed_replays: u32,
     /// Tokens verified on a trickle credit although their source's failed-auth budget was spent.
     pub budget_trickle: u32,
+    /// The provider whose keys verified the request's token (or whose cached verification it
+    /// matched), for the `provider` label.
+    pub provider: Option<usize>,
     /// How the fleet's rate-limit service call ended.
     pub fleet: Option<crate::ratelimit::fleet::Outcome>,
 }

@@ -40,6 +40,11 @@ pub(super) struct Debts {
 }
 
 impl Plan {
+    /// The matched route's index (`None`: unmatched or unreadable), for metrics.
+    pub fn route(&self) -> Option<usize> {
+        self.route
+    }
+
     /// The plan of a request routed to `route` (`None`: unmatched or unreadable) whose checks
     /// gave `result`.
     pub(super) fn new(

@@ -74,6 +74,7 @@ pub enum BufferType {
 pub enum MetricType {
     Counter = 0,
     Gauge = 1,
+    Histogram = 2,
 }
 
 mod raw {

@@ -21,6 +21,7 @@ use crate::identity::{Peer, PeerFacts};
 use crate::jwks_sync::Lease;
 use crate::jwt::crypto::HostCrypto;
 use crate::jwt::TokenError;
+use crate::metrics::{identity_bucket, refused_identity, Verdict};
 use crate::ratelimit::fleet::{self, Failure};
 use crate::request::RequestView;
 
@@ -52,6 +53,11 @@ pub struct Filter {
     fleet: Option<(u32, FleetCall, Decision, u64)>,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
+    /// For metrics: the matched route and the provider that verified the token (as last
+    /// decided), and when the request's headers arrived (ns since the epoch).
+    route: Option<usize>,
+    provider: Option<usize>,
+    started_ns: u64,
 }
 
 impl Filter {
@@ -64,6 +70,9 @@ impl Filter {
             waiting: None,
             fleet: None,
             allowed: false,
+            route: None,
+            provider: None,
+            started_ns: 0,
         }
     }
 
@@ -83,6 +92,7 @@ impl Filter {
         let Some(now) = now_ns() else {
             return refuse_unjudged("the host clock is unavailable");
         };
+        self.started_ns = now;
         let (plan, events, peer) = self.evaluate(now);
         let now_ms = now / 1_000_000;
         // A request that waits is decided again later: its plan is dropped unsettled (it charged
@@ -110,7 +120,7 @@ impl Filter {
                 return STOP;
             }
         }
-        self.finish(plan, now, &peer)
+        self.finish(plan, events.provider, now, &peer)
     }
 
     /// Until when a request may wait for provider `index`'s first keys: `None` when the provider
@@ -140,9 +150,9 @@ impl Filter {
         let Some(now) = now_ns() else {
             return true;
         };
-        let (plan, _, peer) = self.evaluate(now);
+        let (plan, events, peer) = self.evaluate(now);
         self.waiting = None;
-        if self.finish(plan, now, &peer) == CONTINUE {
+        if self.finish(plan, events.provider, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
         false
@@ -163,15 +173,17 @@ impl Filter {
             return;
         };
         jwks::finish(&self.worker, index, lease, answer, now / 1_000_000);
-        let (plan, _, peer) = self.evaluate(now);
-        if self.finish(plan, now, &peer) == CONTINUE {
+        let (plan, events, peer) = self.evaluate(now);
+        if self.finish(plan, events.provider, now, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
     }
 
     /// Pays the plan and answers; when the request also needs the fleet's answer (its local
     /// buckets admitted it), asks for it: `STOP` while it waits.
-    fn finish(&mut self, mut plan: Plan, now: u64, peer: &Peer) -> u32 {
+    fn finish(&mut self, mut plan: Plan, provider: Option<usize>, now: u64, peer: &Peer) -> u32 {
+        self.route = plan.route();
+        self.provider = provider;
         let call = plan.take_fleet();
         let decision = self.settle(plan, now);
         let service = (self.worker.engine.config.rate_limits.as_ref())
@@ -384,15 +396,20 @@ impl Filter {
     fn apply(&mut self, decision: Decision, peer: &Peer) -> u32 {
         set_facts(&decision, &self.worker.engine.config, peer);
         let metrics = &self.worker.metrics;
+        if metrics.time_this_one() {
+            if let Some(now) = now_ns() {
+                metrics.decision_time(now.saturating_sub(self.started_ns) / 1_000);
+            }
+        }
         match decision {
             Decision::Allow(fwd) => {
-                metrics.allowed();
+                metrics.allowed(self.route, self.provider);
                 if let Some(would) = &fwd.dry_run {
-                    metrics.dry_run_would_deny();
+                    metrics.refused(Verdict::DryRun, would, self.route, self.provider, None);
                     if log_enabled(LogLevel::Info) {
                         log(
                             LogLevel::Info,
-                            &decision_line("dry_run_would_deny", would, peer),
+                            &decision_line("dry_run_would_deny", would, peer, None),
                         );
                     }
                 } else {
@@ -421,9 +438,16 @@ impl Filter {
                 CONTINUE
             }
             Decision::Deny(reply) => {
-                metrics.denied(reply.reason);
+                let identity = refused_identity(
+                    reply.caller.as_deref(),
+                    || peer.spiffe().map(|id| id.uri),
+                    || peer.source_address().map(str::to_string),
+                )
+                .map(|id| identity_bucket(&id));
+                let bucket = identity.as_deref();
+                metrics.refused(Verdict::Deny, &reply, self.route, self.provider, bucket);
                 if log_enabled(LogLevel::Info) {
-                    log(LogLevel::Info, &decision_line("deny", &reply, peer));
+                    log(LogLevel::Info, &decision_line("deny", &reply, peer, bucket));
                 }
                 let headers: Vec<(&str, &[u8])> = reply
                     .headers
@@ -493,12 +517,14 @@ fn refuse_unjudged(why: &str) -> u32 {
     STOP
 }
 
-/// The log line of a denial or dry-run would-deny, with what the host knows of the request.
-fn decision_line(event: &str, reply: &LocalReply, peer: &Peer) -> String {
+/// The log line of a denial or dry-run would-deny, with what the host knows of the request and
+/// the refused identity's bucket in `meshguard_refused_identities_total`.
+fn decision_line(event: &str, reply: &LocalReply, peer: &Peer, bucket: Option<&str>) -> String {
     let context = crate::decision::log::Context {
         request_id: property_text(&["request", "id"]),
         source_address: peer.source_address().map(str::to_string),
         spiffe_id: peer.spiffe().map(|id| id.uri),
+        identity_bucket: bucket.map(str::to_string),
     };
     crate::decision::log::line(event, reply, context)
 }

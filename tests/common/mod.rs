@@ -203,3 +203,22 @@ impl Table {
         assert!(failed.is_empty(), "steps failed: {failed:?}");
     }
 }
+
+/// Runs `tools/board.py` (matplotlib) with the project venv's Python: `Err` with its stderr and
+/// exit code when it fails.
+pub fn board_tool(args: &[&str]) -> Result<String, (Option<i32>, String)> {
+    let python = repo().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(repo().join("tools/board.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", python.display()));
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    } else {
+        Err((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        ))
+    }
+}
