@@ -124,7 +124,8 @@ bench: build rls
 IMAGE ?= meshguard:dev
 image: build
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 2; }
-	docker build -f istio/Dockerfile -t $(IMAGE) .
+	# One image manifest, no provenance index: Istio compares `sha256` with the manifest's digest.
+	docker build --provenance=false -f istio/Dockerfile -t $(IMAGE) .
 
 # Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
 #   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml
