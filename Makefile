@@ -76,7 +76,7 @@ COMPAT_TESTS := --test authn --test authz --test ratelimit --test jwks_faults --
 # shipped_configs tests pin the compose file to ENVOY_VERSION).
 COMPAT_SHIPPED := shipped_envoy_configs_validate_and_their_plugin_configs_parse
 # What `make test` also runs on the oldest version: host crypto, and an mTLS + JWT + scope + limit
-# walk-through (about 25 s).
+# walk-through (about 15 s).
 OLDEST_TESTS := --test crypto_paths --test authz
 
 # Installed into a scratch directory and renamed, so an interrupted install is redone.
