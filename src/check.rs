@@ -1,6 +1,6 @@
 //! Offline configuration check (host only): finds meshguard plugin configurations in a file and
 //! parses them with the same code as the filter. Accepts a plugin configuration (JSON or YAML),
-//! Istio `WasmPlugin` manifests (`spec.pluginConfig`, several documents allowed) and Envoy
+//! Istio `WasmPlugin` / `TrafficExtension` manifests (`spec.pluginConfig` / `spec.wasm.pluginConfig`, several documents allowed) and Envoy
 //! bootstraps (every Wasm filter `configuration`, `StringValue` or `Struct`).
 
 use serde_json::Value;
@@ -25,9 +25,16 @@ pub fn find_plugin_configs(text: &str) -> Result<Vec<Found>, String> {
             continue;
         }
         let at = |what: &str| format!("document {n}: {what}");
-        if value.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+        // Istio 1.30's TrafficExtension carries it in `spec.wasm`.
+        let kind = value.get("kind").and_then(Value::as_str);
+        let pointer = match kind {
+            Some("WasmPlugin") => Some("spec.pluginConfig"),
+            Some("TrafficExtension") => Some("spec.wasm.pluginConfig"),
+            _ => None,
+        };
+        if let (Some(kind), Some(pointer)) = (kind, pointer) {
             let config = value
-                .pointer("/spec/pluginConfig")
+                .pointer(&format!("/{}", pointer.replace('.', "/")))
                 .cloned()
                 .unwrap_or(Value::Null);
             let name = value
@@ -35,7 +42,7 @@ pub fn find_plugin_configs(text: &str) -> Result<Vec<Found>, String> {
                 .and_then(Value::as_str)
                 .unwrap_or("?");
             found.push(Found {
-                location: at(&format!("WasmPlugin {name} spec.pluginConfig")),
+                location: at(&format!("{kind} {name} {pointer}")),
                 bytes: config.to_string().into_bytes(),
             });
         } else if value.get("static_resources").is_some()
@@ -118,11 +125,26 @@ spec:
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: strict}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata: {name: guard2}
+spec:
+  wasm:
+    pluginConfig:
+      providers: [{issuer: "https://i", jwksUri: "https://i/k", jwksCluster: "c", bogus: 1}]
 "#;
         let found = find_plugin_configs(manifests).unwrap();
-        assert_eq!(found.len(), 1);
-        assert!(found[0].location.contains("WasmPlugin guard"));
+        assert_eq!(found.len(), 2);
+        assert!(found[0]
+            .location
+            .contains("WasmPlugin guard spec.pluginConfig"));
         assert!(check(&found[0]).is_ok());
+        assert_eq!(
+            found[1].location,
+            "document 2: TrafficExtension guard2 spec.wasm.pluginConfig"
+        );
+        assert!(check(&found[1]).is_err());
         let plain = find_plugin_configs(r#"{"providers": [{"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": "c", "bogus": 1}]}"#).unwrap();
         assert_eq!(
             check(&plain[0]).unwrap_err().to_string().split(',').next(),

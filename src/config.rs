@@ -328,4 +328,6 @@ fn token_cache_bounds(raw: Option<&RawTokenCache>) -> Result<(usize, usize), Con
 }
 
 #[cfg(test)]
+mod readme_tables;
+#[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! Every manifest under `istio/` is well-formed YAML whose kinds and fields are those Istio's
-//! WasmPlugin / PeerAuthentication / ServiceEntry / DestinationRule APIs define, and every
-//! `pluginConfig` is accepted by meshguard's own parser; the plugin's `jwksCluster` is the
-//! cluster Istio creates for the ServiceEntry the manifests ship.
+//! WasmPlugin / TrafficExtension / PeerAuthentication / ServiceEntry / DestinationRule APIs
+//! define, and every `pluginConfig` is accepted by meshguard's own parser; the plugin's
+//! `jwksCluster` is the cluster Istio creates for the ServiceEntry the manifests ship; the
+//! WasmPlugin and the TrafficExtension configure the same plugin the same way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -40,7 +41,29 @@ fn allowed(kind: &str, path: &str) -> Option<&'static [&'static str]> {
             "type",
             "failStrategy",
         ],
-        ("WasmPlugin", "spec.match") => &["mode", "ports"],
+        ("WasmPlugin" | "TrafficExtension", "spec.match") => &["mode", "ports"],
+        // istio/api extensions/v1alpha1/traffic_extension.proto (Istio 1.30+): `TrafficExtension`
+        // and its `WasmConfig`.
+        ("TrafficExtension", "spec") => &[
+            "selector",
+            "targetRefs",
+            "phase",
+            "priority",
+            "match",
+            "wasm",
+            "lua",
+        ],
+        ("TrafficExtension", "spec.wasm") => &[
+            "url",
+            "sha256",
+            "imagePullPolicy",
+            "imagePullSecret",
+            "pluginConfig",
+            "pluginName",
+            "failStrategy",
+            "vmConfig",
+            "type",
+        ],
         ("PeerAuthentication", "spec") => &["selector", "mtls", "portLevelMtls"],
         ("PeerAuthentication", "spec.mtls") => &["mode"],
         ("ServiceEntry", "spec") => &[
@@ -123,8 +146,17 @@ const WORKLOAD_MODES: [&str; 4] = ["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_
 /// (without `match`, Istio also puts it on outbound listeners, where `defaultAction: deny` would
 /// refuse every call the workload makes) and replace a crashed VM rather than bypass it.
 fn wasm_plugin_attachment_errors(spec: &Value) -> Vec<String> {
+    attachment_errors(&spec["match"], &spec["failStrategy"])
+}
+
+/// The same for a TrafficExtension, whose `failStrategy` is in `wasm`.
+fn traffic_extension_attachment_errors(spec: &Value) -> Vec<String> {
+    attachment_errors(&spec["match"], &spec["wasm"]["failStrategy"])
+}
+
+fn attachment_errors(selectors: &Value, fail_strategy: &Value) -> Vec<String> {
     let mut errors = Vec::new();
-    match spec["match"].as_array() {
+    match selectors.as_array() {
         Some(selectors) if !selectors.is_empty() => {
             for (i, s) in selectors.iter().enumerate() {
                 let mode = s["mode"].as_str().unwrap_or("(none: CLIENT_AND_SERVER)");
@@ -137,7 +169,7 @@ fn wasm_plugin_attachment_errors(spec: &Value) -> Vec<String> {
         }
         _ => errors.push("no match: applied to outbound traffic too".to_string()),
     }
-    match spec["failStrategy"].as_str() {
+    match fail_strategy.as_str() {
         Some("FAIL_RELOAD") => {}
         Some(s) if FAIL_STRATEGIES.contains(&s) => {
             errors.push(format!("failStrategy is {s}, not FAIL_RELOAD"));
@@ -199,6 +231,7 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
     let mut errors = Vec::new();
     let mut clusters = Vec::new();
     let mut plugin_clusters = Vec::new();
+    let mut plugins = Vec::new();
     for file in &files {
         let text = fs::read_to_string(repo().join(file)).unwrap();
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
@@ -210,7 +243,7 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
                 .to_string();
             let api = v["apiVersion"].as_str().unwrap();
             let expected_api = match kind.as_str() {
-                "WasmPlugin" => "extensions.istio.io/v1alpha1",
+                "WasmPlugin" | "TrafficExtension" => "extensions.istio.io/v1alpha1",
                 "PeerAuthentication" => "security.istio.io/v1",
                 "ServiceEntry" | "DestinationRule" => "networking.istio.io/v1",
                 other => panic!("{file}: unexpected kind {other}"),
@@ -218,14 +251,22 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
             assert_eq!(api, expected_api, "{file}: {kind}");
             check_fields(&kind, "", &v, &mut errors);
             match kind.as_str() {
-                "WasmPlugin" => {
+                "WasmPlugin" | "TrafficExtension" => {
                     assert_eq!(v["spec"]["phase"], "AUTHN");
-                    let attachment = wasm_plugin_attachment_errors(&v["spec"]);
+                    let (module, attachment) = if kind == "WasmPlugin" {
+                        (&v["spec"], wasm_plugin_attachment_errors(&v["spec"]))
+                    } else {
+                        (
+                            &v["spec"]["wasm"],
+                            traffic_extension_attachment_errors(&v["spec"]),
+                        )
+                    };
                     assert!(attachment.is_empty(), "{file}: {attachment:#?}");
-                    assert!(v["spec"]["url"].as_str().unwrap().starts_with("oci://"));
-                    assert_eq!(v["spec"]["sha256"].as_str().unwrap().len(), 64);
+                    assert!(module["url"].as_str().unwrap().starts_with("oci://"));
+                    assert_eq!(module["sha256"].as_str().unwrap().len(), 64);
+                    plugins.push((kind.clone(), v["spec"].clone()));
                     let config = meshguard::config::Config::from_json(
-                        v["spec"]["pluginConfig"].to_string().as_bytes(),
+                        module["pluginConfig"].to_string().as_bytes(),
                     )
                     .unwrap_or_else(|e| panic!("{file}: pluginConfig: {e}"));
                     for p in &config.providers {
@@ -258,9 +299,11 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
             "DestinationRule",
             "PeerAuthentication",
             "ServiceEntry",
+            "TrafficExtension",
             "WasmPlugin"
         ]
     );
+    same_plugin_both_ways(&plugins);
     assert!(!plugin_clusters.is_empty());
     for (cluster, authority) in plugin_clusters {
         assert!(
@@ -274,6 +317,54 @@ fn istio_manifests_use_the_documented_api_and_valid_plugin_configs() {
     }
 }
 
+/// The WasmPlugin (Istio ≤ 1.29) and the TrafficExtension (1.30+) say the same thing: the same
+/// workload, phase, traffic, module, failure strategy and plugin configuration.
+fn same_plugin_both_ways(plugins: &[(String, Value)]) {
+    let find = |k: &str| {
+        let found: Vec<&Value> = plugins
+            .iter()
+            .filter(|(kind, _)| kind == k)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(found.len(), 1, "one {k}");
+        found[0]
+    };
+    let (wp, te) = (find("WasmPlugin"), find("TrafficExtension"));
+    for field in ["selector", "phase", "match"] {
+        assert_eq!(wp[field], te[field], "{field}");
+    }
+    for field in [
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "failStrategy",
+        "type",
+        "pluginConfig",
+    ] {
+        assert_eq!(wp[field], te["wasm"][field], "{field}");
+    }
+}
+
+#[test]
+fn a_traffic_extension_on_outbound_traffic_or_without_reload_would_be_caught() {
+    let text = fs::read_to_string(repo().join("istio/trafficextension.yaml")).unwrap();
+    let shipped: Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(
+        traffic_extension_attachment_errors(&shipped["spec"]),
+        Vec::<String>::new()
+    );
+    let mut spec = shipped["spec"].clone();
+    spec["match"][0]["mode"] = Value::from("CLIENT");
+    spec["wasm"]["failStrategy"] = Value::from("FAIL_OPEN");
+    assert_eq!(
+        traffic_extension_attachment_errors(&spec),
+        [
+            "match[0].mode is CLIENT, not SERVER",
+            "failStrategy is FAIL_OPEN, not FAIL_RELOAD"
+        ]
+    );
+}
+
 #[test]
 fn an_unknown_field_in_a_manifest_would_be_caught() {
     let v: Value = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
@@ -283,5 +374,18 @@ fn an_unknown_field_in_a_manifest_would_be_caught() {
     assert_eq!(
         errors,
         ["PeerAuthentication: unknown field spec.mtls.strict"]
+    );
+    // A WasmPlugin field written at the TrafficExtension's top level (it belongs in `wasm`).
+    let v: Value = serde_json::json!({"apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "TrafficExtension", "metadata": {"name": "x"},
+        "spec": {"phase": "AUTHN", "url": "oci://r/m:1", "wasm": {"url": "oci://r/m:1", "sha": "x"}}});
+    let mut errors = Vec::new();
+    check_fields("TrafficExtension", "", &v, &mut errors);
+    assert_eq!(
+        errors,
+        [
+            "TrafficExtension: unknown field spec.url",
+            "TrafficExtension: unknown field spec.wasm.sha"
+        ]
     );
 }

