@@ -104,9 +104,17 @@ image: build
 
 # Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
 #   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml
+# meshguard-check exits 0 (all valid), 1 (an invalid one) or 2 (nothing to check, unreadable);
+# make reports any failure of a recipe as its own status 2, so the recipe prints the checker's.
 check-config:
 	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=<file>"; exit 2; }
-	cargo run --quiet --bin meshguard-check -- $(CONFIG)
+	@test -x "$${CARGO_TARGET_DIR:-target}/quick/meshguard-check" || \
+		echo "building meshguard-check (first use only)"
+	@cargo run --quiet --profile quick --bin meshguard-check -- $(CONFIG); status=$$?; \
+	case $$status in 0) ;; 1) echo "meshguard-check: exit status 1 (invalid configuration)";; \
+	2) echo "meshguard-check: exit status 2 (nothing to check, or unreadable)";; \
+	*) echo "make check-config: cargo exited with status $$status";; esac; \
+	exit $$status
 
 clean:
 	cargo clean
