@@ -465,7 +465,14 @@ def plan(out: Path, overrides: dict) -> Table:
         say("waiting for meshguard to fetch the JWKS")
         probe = issuer.token("probe", role="viewer", plan="paid")
         deadline = time.monotonic() + 20
-        while request(as_frontend, "GET", "/projects", {"authorization": probe}).status != 200:
+
+        def probed() -> bool:
+            try:
+                return request(as_frontend, "GET", "/projects", {"authorization": probe}).status == 200
+            except (OSError, http.client.HTTPException):
+                return False
+
+        while not probed():
             if time.monotonic() > deadline:
                 raise Failed(f"no 200 with a valid token in 20 s:\n{server.log_tail()}")
             time.sleep(0.05)
