@@ -61,6 +61,10 @@ FAILED_AUTH_BUDGET = 20
 STARTED = time.monotonic()
 
 
+# Loading the repository's scripts below must not leave __pycache__ directories in the checkout.
+sys.dont_write_bytecode = True
+
+
 def load(name: str, relative: str):
     """A module from a file of the repository (their names are not importable as they are)."""
     spec = importlib.util.spec_from_file_location(name, REPO / relative)
