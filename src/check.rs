@@ -108,6 +108,66 @@ pub fn check(found: &Found) -> Result<Config, ConfigError> {
     Config::from_plugin_bytes(&found.bytes)
 }
 
+/// Most errors [`check_all`] reports for one configuration.
+pub const MAX_ERRORS: usize = 20;
+
+/// Like [`check`], but on an error goes on to find the next ones: the filter's parser stops at the
+/// first, so the field it names is dropped and the configuration parsed again, until it parses,
+/// the error names no member of an object (a whole list, an item of one, the root), the error is
+/// about the member just dropped (it was required), or [`MAX_ERRORS`] were found.
+pub fn check_all(found: &Found) -> Result<Config, Vec<ConfigError>> {
+    let first = match check(found) {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    let mut errors = vec![first];
+    let Ok(mut value) = serde_json::from_slice::<Value>(&found.bytes) else {
+        return Err(errors);
+    };
+    while errors.len() < MAX_ERRORS {
+        let Some(last) = errors.last() else { break };
+        if last.message == crate::jwt::json::DUPLICATE {
+            break; // the document as read kept one of the two: parsing it again would mislead
+        }
+        let Some(dropped) = remove_member(&mut value, &last.path) else {
+            break;
+        };
+        match Config::from_json(value.to_string().as_bytes()) {
+            Ok(_) => break,
+            Err(e) if e.message == format!("missing field `{dropped}`") || errors.contains(&e) => {
+                break
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors)
+}
+
+/// Removes the object member at `path` (`providers[0].dpop.mode`); its name, or `None` when the
+/// path does not end at an object member that exists.
+fn remove_member(value: &mut Value, path: &str) -> Option<String> {
+    let mut node = value;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (name, indexes) = match segment.find('[') {
+            Some(i) => segment.split_at(i),
+            None => (segment, ""),
+        };
+        let last = segments.peek().is_none();
+        if last && indexes.is_empty() {
+            return node.as_object_mut()?.remove(name).map(|_| name.to_string());
+        }
+        node = node.get_mut(name)?;
+        for index in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            node = node.get_mut(index.parse::<usize>().ok()?)?;
+        }
+        if last {
+            return None; // a list item: dropping it would renumber the others
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +229,72 @@ static_resources:
             check(&found[0]).unwrap_err().to_string(),
             "providers: at least one provider is required"
         );
+    }
+
+    #[test]
+    fn every_error_of_a_configuration_is_reported() {
+        // Three mistakes of a user coming from Istio, reported together.
+        let found = find_plugin_configs(
+            r#"{"providers": [{"issuer": "https://i", "jwksUri": "https://i/k",
+                "jwksCluster": "c", "timeout": "5s", "clockSkewSeconds": "60"}],
+                "rules": [], "defaultAction": "deny"}"#,
+        )
+        .unwrap();
+        let errors = check_all(&found[0]).unwrap_err();
+        // In the order the parser meets them: object members sorted by name.
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "providers[0].clockSkewSeconds",
+                "providers[0].timeout",
+                "rules"
+            ]
+        );
+        assert_eq!(
+            errors[0].message,
+            "invalid type: string \"60\", expected a whole number ≥ 0"
+        );
+        assert!(errors[1]
+            .message
+            .starts_with("unknown field `timeout`, expected one of `name`, `issuer`"));
+        assert!(errors[1].message.ends_with("; did you mean `jwksTimeoutMs`? (Istio's `timeout` is a duration such as \"5s\"; jwksTimeoutMs is in milliseconds: 5000)"));
+        assert!(errors[2]
+            .message
+            .ends_with("; did you mean `routes`? (Istio AuthorizationPolicy `rules`: `to.operation` becomes a route's `match`, `from` and `when` its `require`)"));
+        // The first error is the one the filter itself reports.
+        assert_eq!(check(&found[0]).unwrap_err(), errors[0]);
+    }
+
+    #[test]
+    fn the_search_stops_at_a_required_field_and_at_list_items() {
+        let long = "x".repeat(1100);
+        let text = format!(
+            r#"{{"providers": [{{"issuer": "{long}", "jwksUri": "https://i/k", "jwksCluster": "c"}}]}}"#
+        );
+        let errors = check_all(&find_plugin_configs(&text).unwrap()[0]).unwrap_err();
+        assert_eq!(
+            errors,
+            [ConfigError {
+                path: "providers[0].issuer".into(),
+                message: "must be at most 1024 bytes".into()
+            }]
+        );
+        let errors = check_all(
+            &find_plugin_configs(r#"{"providers": [{"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": "c", "algorithms": ["HS256", "none"]}]}"#).unwrap()[0],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "providers[0].algorithms[0]");
+    }
+
+    #[test]
+    fn a_valid_configuration_has_no_errors() {
+        let found = find_plugin_configs(
+            r#"{"providers": [{"issuer": "https://i", "jwksUri": "https://i/k", "jwksCluster": "c"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(check_all(&found[0]).unwrap().providers.len(), 1);
     }
 
     #[test]

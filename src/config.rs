@@ -6,6 +6,7 @@
 //! |---|---|
 //! | this file | [`Config`], [`ConfigError`], the top-level members and the order they are checked in |
 //! | `wire` | JSON text or protobuf `Struct` → one JSON value: duplicate members, string bounds |
+//! | `explain` | serde's messages in plain words, "did you mean" hints (Istio names, case, `_`) |
 //! | `provider` | `providers[]` → [`Provider`]s and their shared [`TokenSource`]s |
 //! | `dpop` | a provider's `dpop` object → [`crate::dpop::Config`] (RFC 9449) |
 //! | `headers` | header names, and the headers meshguard sets upstream checked together |
@@ -17,6 +18,7 @@
 //! re-exported here: configuration depends on `jwt`, never the other way round.
 
 mod dpop;
+mod explain;
 mod headers;
 mod provider;
 mod ratelimits;

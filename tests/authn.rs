@@ -596,7 +596,7 @@ fn bad_configuration_is_refused_and_envoy_log_names_the_field() {
         ),
         (
             json!({"providers": [{"issuer": ISSUER, "jwksUri": "http://x/k", "jwksCluster": "idp", "clockSkewSeconds": "60"}]}),
-            "providers[0].clockSkewSeconds: invalid type: string \"60\", expected u64",
+            "providers[0].clockSkewSeconds: invalid type: string \"60\", expected a whole number ≥ 0",
         ),
         (
             json!({"providers": [{"issuer": ISSUER, "jwksUri": "http://x/k", "jwksCluster": "idp", "algorithms": ["HS256"]}]}),

@@ -6,7 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::ConfigError;
+use super::{explain, ConfigError};
 use crate::jwt::json::Strict;
 
 /// Longest `realm`: it is echoed in every `WWW-Authenticate` challenge.
@@ -117,8 +117,11 @@ pub(super) fn raw<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
         return Err(ConfigError::new("config", "must be a JSON object"));
     }
     check_string_bounds(&value)?;
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| ConfigError::new(e.path().to_string(), strip_position(&e.inner().to_string())))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = explain::serde_message(&path, &strip_position(&e.inner().to_string()));
+        ConfigError::new(path, message)
+    })
 }
 
 /// Decodes a serialized `google.protobuf.Struct` into the JSON value it stands for. Integral

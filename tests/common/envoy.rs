@@ -240,9 +240,9 @@ impl Envoy {
             .unwrap_or_else(|| panic!("no listener {listener}"))
     }
 
-    /// Blocks until Envoy exits (for `make run`).
-    pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.child.as_mut().unwrap().wait().unwrap()
+    /// Whether Envoy has exited, and how (for `make run`).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
     }
 
     pub fn log_text(&self) -> String {
