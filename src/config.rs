@@ -130,9 +130,10 @@ pub enum LogLevel {
 #[serde(rename_all = "camelCase")]
 pub enum FilterState {
     /// Every request: allowed ones too (decision, route, principal, client id, rate limit).
-    #[default]
+    /// About 8 % of warm-path throughput (five host calls per allowed request).
     All,
     /// Denials and dry-run would-denies only: allowed requests pay no host call for it.
+    #[default]
     Denials,
     /// None.
     Off,

@@ -333,7 +333,7 @@ static_resources:
                 root_id: meshguard
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{{"providers": [{{"name": "p", "issuer": "https://idp.test", "jwksUri": "http://idp.test/jwks", "jwksCluster": "idp"}}], "routes": [{{"name": "open", "token": "none", "match": {{"pathPrefixes": ["/open"]}}}}, {{"name": "elsewhere", "token": "none", "match": {{"pathPrefixes": ["/elsewhere"]}}}}]}}'
+                  value: '{{"filterState": "all", "providers": [{{"name": "p", "issuer": "https://idp.test", "jwksUri": "http://idp.test/jwks", "jwksCluster": "idp"}}], "routes": [{{"name": "open", "token": "none", "match": {{"pathPrefixes": ["/open"]}}}}, {{"name": "elsewhere", "token": "none", "match": {{"pathPrefixes": ["/elsewhere"]}}}}]}}'
                 vm_config:
                   vm_id: meshguard
                   runtime: envoy.wasm.runtime.v8

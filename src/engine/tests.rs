@@ -489,6 +489,7 @@ mod rate_limits {
     fn world(keys: &TestKeys) -> World {
         let top = json!({
             "rolesClaim": "role",
+            "filterState": "all",
             "rateLimits": {
                 "identity": ["clientId", "sub"],
                 "policies": {
