@@ -304,6 +304,9 @@ fn verify_fresh(
         });
         if let Some(f) = failed {
             events.failed_replays += 1;
+            if signature_held(f.error) {
+                events.provider = Some(f.provider);
+            }
             return Err(invalid(f.error));
         }
     }
@@ -354,6 +357,10 @@ fn verify_fresh(
         Ok(_) => None,
         Err(Rejected { error, provider }) => {
             let error = *error;
+            // As on a cache hit: a token refused for its claims was verified by this provider.
+            if signature_held(error) {
+                events.provider = *provider;
+            }
             if error == TokenError::UnknownKey {
                 events.key_miss = *provider;
             }
@@ -428,4 +435,18 @@ fn consume_token(
             fwd.set_path = req.path_without_params(&params);
         }
     }
+}
+
+/// A refusal [`check_claims`] gives: the token's signature held, so its provider is known (the
+/// `provider` label of the request's metrics, whether the token came from the cache or not).
+fn signature_held(error: TokenError) -> bool {
+    matches!(
+        error,
+        TokenError::MissingExpiration
+            | TokenError::Expired
+            | TokenError::NotYetValid
+            | TokenError::IssuedInFuture
+            | TokenError::LifetimeTooLong
+            | TokenError::Audience
+    )
 }

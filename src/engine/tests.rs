@@ -715,6 +715,36 @@ mod rate_limits {
         );
     }
 
+    /// The `provider` of a refusal (its metrics label): known once the signature held, whether
+    /// the token was judged from scratch, from the failed-token memo or from the cache; unknown
+    /// for a bad signature.
+    #[test]
+    fn a_refusal_names_its_provider_only_when_the_signature_held() {
+        let keys = TestKeys::new();
+        let w = world(&keys);
+        let expired = keys.eddsa(claims(json!({"sub": "old", "exp": NOW - 3600})));
+        for attempt in ["from scratch", "again"] {
+            let (d, ev) = w.call_with("/x", Some(&expired), "10.1.1.1", NOW);
+            assert_eq!(denied(d).reason, Reason::InvalidToken(TokenError::Expired));
+            assert_eq!(ev.provider, Some(0), "{attempt}");
+        }
+        let valid = keys.eddsa(claims(json!({"sub": "soon-old", "exp": NOW + 10})));
+        assert!(matches!(
+            w.call("/x", Some(&valid), "10.1.1.2", NOW),
+            Decision::Allow(_)
+        ));
+        let (d, ev) = w.call_with("/x", Some(&valid), "10.1.1.2", NOW + 3600);
+        assert_eq!(denied(d).reason, Reason::InvalidToken(TokenError::Expired));
+        assert_eq!((ev.cache_hits, ev.provider), (1, Some(0)), "from the cache");
+        let forged = TestKeys::new().eddsa(claims(json!({"sub": "x"})));
+        let (d, ev) = w.call_with("/x", Some(&forged), "10.1.1.3", NOW);
+        assert_eq!(
+            denied(d).reason,
+            Reason::InvalidToken(TokenError::BadSignature)
+        );
+        assert_eq!(ev.provider, None);
+    }
+
     #[test]
     fn a_token_that_failed_is_refused_again_without_verification() {
         let keys = TestKeys::new();

@@ -51,6 +51,9 @@ pub struct Filter {
     /// The fleet call this request waits for: its token, the call, the decision so far, when
     /// it started (ns since the epoch).
     fleet: Option<(u32, FleetCall, Decision, u64)>,
+    /// The peer's SPIFFE ID was read before the fleet call: read again when its answer
+    /// resumes the request, so the filter state keeps it (a fresh `Peer` knows nothing).
+    fleet_peer_read: bool,
     /// The request was allowed on (its headers edited, iteration continued).
     allowed: bool,
     /// For metrics: the matched route and the provider that verified the token (as last
@@ -69,6 +72,7 @@ impl Filter {
             refetch: None,
             waiting: None,
             fleet: None,
+            fleet_peer_read: false,
             allowed: false,
             route: None,
             provider: None,
@@ -210,6 +214,7 @@ impl Filter {
                     service.timeout_ms,
                 );
                 self.fleet = Some((token, call, decision, now));
+                self.fleet_peer_read = peer.spiffe_if_read().is_some();
                 STOP
             }
             Err(e) => {
@@ -255,6 +260,9 @@ impl Filter {
         let answer = answer.map_err(|(f, _)| f);
         let decision = self.fleet_settle(decision, call, answer.as_deref().map_err(|f| *f));
         let peer = Peer::lazy(&HostPeer);
+        if std::mem::take(&mut self.fleet_peer_read) {
+            let _ = peer.spiffe();
+        }
         if self.apply(decision, &peer) == CONTINUE {
             let _ = abi::continue_request();
         }
@@ -513,7 +521,7 @@ fn refuse_unjudged(why: &str) -> u32 {
         LogLevel::Error,
         &format!("meshguard: {why}: request refused"),
     );
-    let _ = abi::send_local_response(503, "", &[], b"");
+    let _ = abi::send_local_response(503, "meshguard_unavailable", &[], b"");
     STOP
 }
 
