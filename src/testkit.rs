@@ -249,3 +249,26 @@ pub fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// The first backticked word of each row of a README table: the table whose header row starts
+/// with `header`, after `section` (a heading line) when given.
+pub fn readme_table_keys(section: Option<&str>, header: &str) -> Vec<&'static str> {
+    let readme: &'static str = include_str!("../README.md");
+    let after = match section {
+        Some(heading) => readme
+            .split(heading)
+            .nth(1)
+            .unwrap_or_else(|| panic!("README has {heading:?}")),
+        None => readme,
+    };
+    let table = after
+        .split(header)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a table headed {header:?}"));
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect()
+}

@@ -98,16 +98,7 @@ fn the_shipped_access_log_shows_each_decision() {
     let idp = JwksServer::start(jwks(&[&signer]));
     let upstream = echo_upstream();
     let (dir, pki) = example_dir("access-log");
-    let envoy = start_shipped_in(
-        "envoy/examples/sidecar-pair/server-sidecar.yaml",
-        &dir,
-        &[
-            (15006, 0),
-            (15000, 0),
-            (8080, u64::from(upstream.port())),
-            (8081, u64::from(idp.server.port())),
-        ],
-    );
+    let envoy = start_server_sidecar(&dir, upstream.port(), idp.server.port());
     let inbound = envoy.port("inbound");
     let frontend = Client::new(inbound, &pki, Some(&pki.workload(FRONTEND)));
 

@@ -16,9 +16,9 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -36,14 +36,6 @@ const TIMEOUT_MS: u64 = 300;
 const FREE: usize = 3;
 const PRO: usize = 6;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rls_bin() -> PathBuf {
     let bin = std::env::var_os("MESHGUARD_RLS").map_or_else(
         || repo().join("tools/rls/target/release/meshguard-rls"),
@@ -51,40 +43,6 @@ fn rls_bin() -> PathBuf {
     );
     assert!(bin.exists(), "{} missing: run `make rls`", bin.display());
     bin
-}
-
-/// A child process killed on drop.
-struct Proc {
-    child: Child,
-    what: &'static str,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!(
-                "---- {} log ----\n{}",
-                self.what,
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn spawn(what: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
-    let log = dir.join(format!("{what}.log"));
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            fs::OpenOptions::new().append(true).open(&log).unwrap(),
-        ))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    Proc { child, what, log }
 }
 
 fn redis_pong(port: u16) -> bool {
@@ -98,8 +56,8 @@ fn redis_pong(port: u16) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
 }
 
-fn start_redis(dir: &Path, port: u16) -> Proc {
-    let p = spawn(
+fn start_redis(dir: &Path, port: u16) -> Process {
+    let p = spawn_logged(
         "redis",
         dir,
         Command::new("redis-server")
@@ -114,8 +72,8 @@ fn start_redis(dir: &Path, port: u16) -> Proc {
     p
 }
 
-fn start_rls(dir: &Path, port: u16, redis: u16) -> Proc {
-    let p = spawn(
+fn start_rls(dir: &Path, port: u16, redis: u16) -> Process {
+    let p = spawn_logged(
         "rls",
         dir,
         Command::new(rls_bin())
@@ -143,8 +101,8 @@ struct Fleet {
     dir: PathBuf,
     redis_port: u16,
     rls_port: u16,
-    redis: Option<Proc>,
-    rls: Option<Proc>,
+    redis: Option<Process>,
+    rls: Option<Process>,
     proxies: Vec<Envoy>,
     signer: Signer,
     _idp: JwksServer,

@@ -16,9 +16,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,35 +27,10 @@ use serde_json::{json, Value};
 
 const ISSUER: &str = "https://idp.saas.local";
 
-/// A Prometheus child process in its own directory, killed on drop.
+/// A Prometheus child process (its log in `prometheus.log`), killed on drop.
 struct Prometheus {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- prometheus log (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
-/// A port nobody listens on now (Prometheus takes a listen address, not port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The shipped scrape configuration, pointed at `target` and scraping every second.
@@ -74,31 +49,24 @@ fn start_prometheus(dir: &Path, target: SocketAddr) -> Prometheus {
     let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
     fs::write(dir.join("prometheus.yml"), scrape_config(target)).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(&bin)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{bin}: {e} (Debian package `prometheus`: make test-integration installs it)")
-        });
-    let mut p = Prometheus {
-        child,
-        addr,
-        dir: dir.to_path_buf(),
-    };
+    let process = spawn_logged(
+        "prometheus",
+        dir,
+        Command::new(&bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}")),
+    );
+    let mut p = Prometheus { process, addr };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
+        if let Some(status) = p.process.child.try_wait().unwrap() {
             panic!("prometheus exited ({status}) during start");
         }
         assert!(Instant::now() < deadline, "prometheus not ready in 60 s");
@@ -263,16 +231,7 @@ fn every_board_panel_shows_the_scripted_traffic() {
     };
     let idp = JwksServer::start(jwks(&[&saas.signer]));
     let upstream = echo_upstream();
-    let envoy = start_shipped_in(
-        "envoy/examples/sidecar-pair/server-sidecar.yaml",
-        &dir,
-        &[
-            (15006, 0),
-            (15000, 0),
-            (8080, u64::from(upstream.port())),
-            (8081, u64::from(idp.server.port())),
-        ],
-    );
+    let envoy = start_server_sidecar(&dir, upstream.port(), idp.server.port());
     let inbound = envoy.port("inbound");
     let as_frontend = Client::new(inbound, &pki, Some(&frontend));
     let as_reports = Client::new(inbound, &pki, Some(&reports));

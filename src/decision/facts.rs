@@ -105,17 +105,7 @@ mod tests {
     /// The README's filter-state table: one row per key, `| \`wasm.<key>\` | …`.
     #[test]
     fn the_readme_filter_state_table_lists_every_fact() {
-        let readme = include_str!("../../README.md");
-        let table = readme
-            .split("\n| filter-state key |")
-            .nth(1)
-            .expect("README has the filter-state table");
-        let listed: Vec<&str> = table
-            .lines()
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .filter_map(|l| l.split('`').nth(1))
-            .collect();
+        let listed = crate::testkit::readme_table_keys(None, "\n| filter-state key |");
         let want: Vec<String> = super::FACTS.iter().map(|k| format!("wasm.{k}")).collect();
         assert_eq!(listed, want);
     }

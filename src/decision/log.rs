@@ -98,18 +98,7 @@ mod tests {
     /// the next blank line after the table.
     #[test]
     fn the_readme_log_table_lists_every_field_the_line_can_carry() {
-        let readme = include_str!("../../README.md");
-        let section = readme
-            .split("\n### Logs\n")
-            .nth(1)
-            .and_then(|s| s.split("\n| field |").nth(1))
-            .expect("README Logs has a field table");
-        let listed: Vec<&str> = section
-            .lines()
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .filter_map(|l| l.split('`').nth(1))
-            .collect();
+        let listed = crate::testkit::readme_table_keys(Some("\n### Logs\n"), "\n| field |");
         assert_eq!(listed, FIELDS);
     }
 }

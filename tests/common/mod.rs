@@ -3,7 +3,7 @@
 //! controls, Envoy itself (ports picked by Envoy, readiness polled, killed on drop, its log
 //! printed when a test fails), and an HTTPS client that can present a client certificate.
 //!
-//! One file per concern (`pki`, `tokens`, `dpop`, `servers`, `envoy`, `client`, `shipped`), all re-exported
+//! One file per concern (`pki`, `tokens`, `dpop`, `servers`, `process`, `envoy`, `client`, `shipped`), all re-exported
 //! here, so a test reaches everything with `use common::*;`.
 #![allow(dead_code)]
 // The harness reads the real clock: deadlines and token times against a real Envoy.
@@ -13,6 +13,7 @@ mod client;
 mod dpop;
 mod envoy;
 mod pki;
+mod process;
 mod servers;
 mod shipped;
 mod tokens;
@@ -26,6 +27,8 @@ pub use dpop::*;
 pub use envoy::*;
 #[allow(unused_imports)]
 pub use pki::*;
+#[allow(unused_imports)]
+pub use process::*;
 #[allow(unused_imports)]
 pub use servers::*;
 #[allow(unused_imports)]

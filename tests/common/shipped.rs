@@ -124,6 +124,22 @@ pub fn start_shipped_in(relative: &str, dir: &Path, ports: &[(u64, u64)]) -> Env
     Envoy::start(&Shipped::load(relative).runnable(dir, &ports), 2)
 }
 
+/// The shipped server sidecar (`envoy/examples/sidecar-pair/server-sidecar.yaml`) as it is, in
+/// `dir` (laid out by [`example_layout`]): its inbound and admin listeners on ports Envoy picks,
+/// its upstream and IdP clusters pointed at the test's servers.
+pub fn start_server_sidecar(dir: &Path, upstream_port: u16, idp_port: u16) -> Envoy {
+    start_shipped_in(
+        "envoy/examples/sidecar-pair/server-sidecar.yaml",
+        dir,
+        &[
+            (15006, 0),
+            (15000, 0),
+            (8080, u64::from(upstream_port)),
+            (8081, u64::from(idp_port)),
+        ],
+    )
+}
+
 /// Starts a single-Envoy shipped example (ports 10443/9901 → picked by Envoy, 8080 →
 /// `upstream`, 8081 → `jwks`) with 2 workers, from a new directory (`pki.dir`'s parent).
 pub fn start_shipped(relative: &str, tag: &str, upstream: u16, jwks: u16) -> (Envoy, Pki, Shipped) {
